@@ -1,0 +1,175 @@
+using System.Runtime.InteropServices;
+
+namespace MelangeRunner.Native;
+
+/// <summary>
+/// What statx reports about a path (never following a final symlink). The kernel's
+/// struct statx has the same layout on every architecture, unlike struct stat, which is
+/// why it is used here.
+/// </summary>
+public readonly record struct FileStatus(ulong Device, ulong Inode, uint Mode, uint Uid, uint Gid, uint LinkCount, long Size,
+    long MTimeSeconds, uint MTimeNanoseconds, uint RDevMajor, uint RDevMinor)
+{
+    public const uint TypeMask = 0xF000; // S_IFMT
+    public uint FileType => Mode & TypeMask;
+    public uint Permissions => Mode & 0xFFF;
+    public bool IsDirectory => FileType == Libc.S_IFDIR;
+    public bool IsRegular => FileType == Libc.S_IFREG;
+    public bool IsSymlink => FileType == Libc.S_IFLNK;
+}
+
+/// <summary>P/Invoke to the C library for what .NET does not offer without following symlinks.</summary>
+public static unsafe class Libc
+{
+    public const uint S_IFIFO = 0x1000, S_IFCHR = 0x2000, S_IFDIR = 0x4000, S_IFBLK = 0x6000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFSOCK = 0xC000;
+    public const int AT_FDCWD = -100;
+    public const int AT_SYMLINK_NOFOLLOW = 0x100;
+    public const int ENOENT = 2, EPERM = 1, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, ENODATA = 61, ERANGE = 34, ENOTSUP = 95, ENOTEMPTY = 39, EACCES = 13;
+    const uint STATX_BASIC_STATS = 0x7FF;
+
+    // struct statx is 256 bytes; the offsets below are fixed by the kernel ABI on all architectures.
+    [StructLayout(LayoutKind.Explicit, Size = 256)]
+    struct StatxBuf
+    {
+        [FieldOffset(16)] public uint Nlink;
+        [FieldOffset(20)] public uint Uid;
+        [FieldOffset(24)] public uint Gid;
+        [FieldOffset(28)] public ushort Mode;
+        [FieldOffset(32)] public ulong Ino;
+        [FieldOffset(40)] public ulong Size;
+        [FieldOffset(112)] public long MtimeSec;
+        [FieldOffset(120)] public uint MtimeNsec;
+        [FieldOffset(128)] public uint RdevMajor;
+        [FieldOffset(132)] public uint RdevMinor;
+        [FieldOffset(136)] public uint DevMajor;
+        [FieldOffset(140)] public uint DevMinor;
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    struct Timespec { public long Sec; public long Nsec; } // 64-bit Linux: time_t and long are both 8 bytes
+
+    [DllImport("libc", EntryPoint = "statx", SetLastError = true)]
+    static extern int statx_(int dirfd, string path, int flags, uint mask, StatxBuf* buf);
+    [DllImport("libc", EntryPoint = "lchown", SetLastError = true)]
+    static extern int lchown_(string path, uint owner, uint group);
+    [DllImport("libc", EntryPoint = "chmod", SetLastError = true)]
+    static extern int chmod_(string path, uint mode);
+    [DllImport("libc", EntryPoint = "lsetxattr", SetLastError = true)]
+    static extern int lsetxattr_(string path, string name, byte* value, nuint size, int flags);
+    [DllImport("libc", EntryPoint = "llistxattr", SetLastError = true)]
+    static extern nint llistxattr_(string path, byte* list, nuint size);
+    [DllImport("libc", EntryPoint = "lgetxattr", SetLastError = true)]
+    static extern nint lgetxattr_(string path, string name, byte* value, nuint size);
+    [DllImport("libc", EntryPoint = "mknod", SetLastError = true)]
+    static extern int mknod_(string path, uint mode, ulong dev);
+    [DllImport("libc", EntryPoint = "mkfifo", SetLastError = true)]
+    static extern int mkfifo_(string path, uint mode);
+    [DllImport("libc", EntryPoint = "utimensat", SetLastError = true)]
+    static extern int utimensat_(int dirfd, string path, Timespec* times, int flags);
+    [DllImport("libc", EntryPoint = "link", SetLastError = true)]
+    static extern int link_(string oldpath, string newpath);
+    [DllImport("libc", EntryPoint = "symlink", SetLastError = true)]
+    static extern int symlink_(string target, string linkpath);
+    [DllImport("libc", EntryPoint = "unlink", SetLastError = true)]
+    static extern int unlink_(string path);
+    [DllImport("libc", EntryPoint = "mkdir", SetLastError = true)]
+    static extern int mkdir_(string path, uint mode);
+    [DllImport("libc", EntryPoint = "readlink", SetLastError = true)]
+    static extern nint readlink_(string path, byte* buf, nuint size);
+    [DllImport("libc", EntryPoint = "geteuid")]
+    static extern uint geteuid_();
+    [DllImport("libc", EntryPoint = "umask")]
+    static extern uint umask_(uint mask);
+
+    static int Errno => Marshal.GetLastPInvokeError();
+
+    public static bool IsRoot { get; } = geteuid_() == 0;
+
+    /// <summary>lstat via statx; returns null when the path does not exist (or a parent is not a directory).</summary>
+    public static FileStatus? LStat(string path)
+    {
+        StatxBuf b;
+        if (statx_(AT_FDCWD, path, AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, &b) != 0)
+        {
+            int e = Errno;
+            if (e is ENOENT or ENOTDIR) return null;
+            throw Error("statx", path, e);
+        }
+        return new FileStatus(((ulong)b.DevMajor << 32) | b.DevMinor, b.Ino, b.Mode, b.Uid, b.Gid, b.Nlink, (long)b.Size,
+            b.MtimeSec, b.MtimeNsec, b.RdevMajor, b.RdevMinor);
+    }
+
+    /// <summary>Returns 0 or the errno.</summary>
+    public static int LChown(string path, uint uid, uint gid) => lchown_(path, uid, gid) == 0 ? 0 : Errno;
+
+    /// <summary>chmod (follows symlinks: callers only use it on paths they have just verified are not symlinks).</summary>
+    public static int Chmod(string path, uint mode) => chmod_(path, mode & 0xFFF) == 0 ? 0 : Errno;
+
+    public static int Mknod(string path, uint mode, uint major, uint minor) => mknod_(path, mode, MakeDev(major, minor)) == 0 ? 0 : Errno;
+    public static int Mkfifo(string path, uint mode) => mkfifo_(path, mode & 0xFFF) == 0 ? 0 : Errno;
+    public static int Link(string existing, string newPath) => link_(existing, newPath) == 0 ? 0 : Errno; // Linux link() never follows a symlink `existing`
+    public static int Symlink(string target, string linkPath) => symlink_(target, linkPath) == 0 ? 0 : Errno;
+    public static int Unlink(string path) => unlink_(path) == 0 ? 0 : Errno;
+    public static int Mkdir(string path, uint mode) => mkdir_(path, mode & 0xFFF) == 0 ? 0 : Errno;
+    public static uint Umask(uint mask) => umask_(mask);
+
+    /// <summary>Sets atime and mtime of the path itself (a symlink is not followed).</summary>
+    public static int SetTimes(string path, long seconds, long nanoseconds)
+    {
+        Timespec* t = stackalloc Timespec[2];
+        t[0] = new Timespec { Sec = seconds, Nsec = nanoseconds };
+        t[1] = t[0];
+        return utimensat_(AT_FDCWD, path, t, AT_SYMLINK_NOFOLLOW) == 0 ? 0 : Errno;
+    }
+
+    public static int LSetXattr(string path, string name, ReadOnlySpan<byte> value)
+    {
+        fixed (byte* p = value)
+            return lsetxattr_(path, name, p, (nuint)value.Length, 0) == 0 ? 0 : Errno;
+    }
+
+    /// <summary>Names of the extended attributes of the path itself (empty when the file system has none).</summary>
+    public static List<string> LListXattr(string path)
+    {
+        var names = new List<string>();
+        nint n = llistxattr_(path, null, 0);
+        if (n < 0) { int e = Errno; if (e is ENOTSUP) return names; throw Error("llistxattr", path, e); }
+        if (n == 0) return names;
+        var buf = new byte[n + 256];
+        fixed (byte* p = buf) n = llistxattr_(path, p, (nuint)buf.Length);
+        if (n < 0) throw Error("llistxattr", path, Errno);
+        int start = 0;
+        for (int i = 0; i < n; i++)
+            if (buf[i] == 0) { if (i > start) names.Add(System.Text.Encoding.UTF8.GetString(buf, start, i - start)); start = i + 1; }
+        return names;
+    }
+
+    /// <summary>The raw value of an extended attribute, or null when absent.</summary>
+    public static byte[]? LGetXattr(string path, string name)
+    {
+        nint n = lgetxattr_(path, name, null, 0);
+        if (n < 0) { int e = Errno; if (e is ENODATA or ENOTSUP) return null; throw Error("lgetxattr", path, e); }
+        var buf = new byte[n];
+        fixed (byte* p = buf) n = lgetxattr_(path, name, p, (nuint)buf.Length);
+        if (n < 0) throw Error("lgetxattr", path, Errno);
+        return n == buf.Length ? buf : buf[..(int)n];
+    }
+
+    public static string ReadLink(string path)
+    {
+        var buf = new byte[4096];
+        nint n;
+        fixed (byte* p = buf) n = readlink_(path, p, (nuint)buf.Length);
+        if (n < 0) throw Error("readlink", path, Errno);
+        return System.Text.Encoding.UTF8.GetString(buf, 0, (int)n);
+    }
+
+    /// <summary>glibc's makedev encoding of a dev_t.</summary>
+    public static ulong MakeDev(uint major, uint minor) =>
+        ((ulong)(major & 0xFFFFF000) << 32) | ((ulong)(major & 0xFFF) << 8) | ((ulong)(minor & 0xFFFFFF00) << 12) | (minor & 0xFF);
+
+    public static string StrError(int errno) => Marshal.GetPInvokeErrorMessage(errno);
+
+    public static IOException Error(string call, string path, int errno) =>
+        new($"{call}({path}) failed: {StrError(errno)} (errno {errno})", errno);
+}

@@ -1,0 +1,101 @@
+using System.Formats.Tar;
+using System.Text;
+
+namespace MelangeRunner.Tar;
+
+/// <summary>
+/// SCHILY.xattr.* PAX attributes as raw bytes.
+/// System.Formats.Tar decodes every PAX value as UTF-8, so a binary value (a
+/// security.capability blob has bytes ≥ 0x80) comes back with U+FFFD in place of those
+/// bytes. GNU tar writes such values raw. When a decoded value holds U+FFFD, the raw
+/// bytes are recovered by re-parsing the extended header that <see cref="RecordingStream"/>
+/// kept. If that was not possible (header over 1 MiB) the UTF-8 re-encoding is used and
+/// the value may be wrong — the caller is warned.
+/// </summary>
+internal static class Xattrs
+{
+    public const string Prefix = "SCHILY.xattr.";
+
+    public static bool HasAny(TarEntry entry) =>
+        entry is PaxTarEntry pax && AnyXattrKey(pax.ExtendedAttributes);
+
+    static bool AnyXattrKey(IReadOnlyDictionary<string, string> ea)
+    {
+        foreach (var k in ea.Keys) if (k.StartsWith(Prefix, StringComparison.Ordinal)) return true;
+        return false;
+    }
+
+    /// <summary>The xattrs of an entry (name without the prefix → raw value); <paramref name="lossy"/> when some could not be recovered exactly.</summary>
+    public static List<KeyValuePair<string, byte[]>>? Get(TarEntry entry, RecordingStream? recorder, out bool lossy)
+    {
+        lossy = false;
+        if (entry is not PaxTarEntry pax) return null;
+        List<KeyValuePair<string, byte[]>>? result = null;
+        Dictionary<string, byte[]>? raw = null;
+        foreach (var (key, value) in pax.ExtendedAttributes)
+        {
+            if (!key.StartsWith(Prefix, StringComparison.Ordinal)) continue;
+            byte[]? bytes = null;
+            if (value.Contains('\uFFFD'))
+            {
+                raw ??= recorder != null && !recorder.Overflowed ? ParseRaw(recorder) : new Dictionary<string, byte[]>();
+                if (!raw.TryGetValue(key, out bytes)) lossy = true;
+            }
+            (result ??= new()).Add(new(key[Prefix.Length..], bytes ?? Encoding.UTF8.GetBytes(value)));
+        }
+        return result;
+    }
+
+    /// <summary>Re-reads the 'x' extended header blocks among the recorded bytes (padding + headers of one entry).</summary>
+    static Dictionary<string, byte[]> ParseRaw(RecordingStream rec)
+    {
+        var found = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        ReadOnlySpan<byte> b = rec.Recorded;
+        int pos = (int)((512 - rec.RecordStart % 512) % 512);
+        while (pos + 512 <= b.Length)
+        {
+            var h = b.Slice(pos, 512);
+            byte type = h[156];
+            long size = ParseOctal(h.Slice(124, 12));
+            pos += 512;
+            if (type is (byte)'x' or (byte)'X')
+            {
+                if (size < 0 || pos + size > b.Length) break;
+                ParseRecords(b.Slice(pos, (int)size), found);
+            }
+            else if (type is not ((byte)'L' or (byte)'K')) break; // the entry's own header: done
+            pos += (int)((size + 511) / 512 * 512);
+        }
+        return found;
+    }
+
+    static void ParseRecords(ReadOnlySpan<byte> data, Dictionary<string, byte[]> found)
+    {
+        // Records are "<len> <key>=<value>\n", where <len> counts the whole record.
+        while (data.Length > 0)
+        {
+            int sp = data.IndexOf((byte)' ');
+            if (sp <= 0 || !int.TryParse(Encoding.ASCII.GetString(data[..sp]), out int len) || len <= sp + 2 || len > data.Length) return;
+            var rec = data.Slice(sp + 1, len - sp - 2); // without the trailing '\n'
+            int eq = rec.IndexOf((byte)'=');
+            if (eq > 0)
+            {
+                string key = Encoding.UTF8.GetString(rec[..eq]);
+                if (key.StartsWith(Prefix, StringComparison.Ordinal)) found[key] = rec[(eq + 1)..].ToArray();
+            }
+            data = data[len..];
+        }
+    }
+
+    static long ParseOctal(ReadOnlySpan<byte> f)
+    {
+        long v = 0;
+        foreach (byte c in f)
+        {
+            if (c is >= (byte)'0' and <= (byte)'7') v = v * 8 + (c - '0');
+            else if (c is (byte)' ' or 0) { if (v != 0) break; }
+            else return -1;
+        }
+        return v;
+    }
+}

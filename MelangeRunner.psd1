@@ -1,0 +1,35 @@
+@{
+    RootModule           = 'bin/MelangeRunner.PowerShell.dll'
+    ModuleVersion        = '0.1.0'
+    GUID                 = '5d0b7c0e-8a61-4f4e-9d0c-3f2b6f1b7a41'
+    Author               = 'MelangeRunner developers'
+    CompanyName          = 'MelangeRunner'
+    Copyright            = '(c) MelangeRunner developers. Apache-2.0.'
+    Description          = "melange's container runners (bubblewrap sandbox, qemu microVM) as PowerShell cmdlets: import an image, start a pod, run build steps with live output, export the workspace."
+    PowerShellVersion    = '7.4'
+    CompatiblePSEditions = @('Core')
+    FormatsToProcess     = @('MelangeRunner.format.ps1xml')
+    CmdletsToExport      = @(
+        'Get-MelangeRunner'
+        'Test-MelangeRunner'
+        'New-MelangePodConfig'
+        'Import-MelangeImage'
+        'Remove-MelangeImage'
+        'Get-MelangePodPlan'
+        'Start-MelangePod'
+        'Invoke-MelangePod'
+        'Enter-MelangePod'
+        'Export-MelangeWorkspace'
+        'Get-MelangeReleaseData'
+        'Stop-MelangePod'
+    )
+    FunctionsToExport    = @()
+    AliasesToExport      = @()
+    VariablesToExport    = @()
+    PrivateData          = @{
+        PSData = @{
+            Tags       = @('melange', 'bubblewrap', 'qemu', 'apk', 'build', 'sandbox', 'Linux')
+            LicenseUri = 'https://www.apache.org/licenses/LICENSE-2.0'
+        }
+    }
+}

@@ -1,0 +1,146 @@
+<#
+.SYNOPSIS
+Builds, tests, demonstrates and benchmarks MelangeRunner.
+
+.DESCRIPTION
+Tasks:
+  Build  compiles the engine and the cmdlets into bin/ (where MelangeRunner.psd1 expects
+         them; the engine and its dependencies go to bin/lib, loaded in the module's own
+         AssemblyLoadContext) and generates the cmdlet help from docs/cmdlets.
+  Test   Build, then the engine's xunit tests and the module's Pester tests; ends with the
+         line "N passed, N failed, N skipped" and exits non-zero when anything failed.
+  Demo   Build, then a demo build in a bubblewrap pod on a busybox image made here.
+  Bench  Build, then the benchmarks under bench/ (results in docs/benchmarks.md).
+Host packages that a task needs (bubblewrap, busybox-static) are installed with apt-get
+when running as root, else the exact command to run is printed.
+
+.EXAMPLE
+dotnet tool restore; dotnet pwsh ./build.ps1 Test
+#>
+[CmdletBinding()]
+param(
+    [Parameter(Position = 0)]
+    [ValidateSet('Build', 'Test', 'Demo', 'Bench')]
+    [string]$Task = 'Build',
+
+    [ValidateSet('Debug', 'Release')]
+    [string]$Configuration = 'Release'
+)
+
+$ErrorActionPreference = 'Stop'
+Set-StrictMode -Version Latest
+$Root = $PSScriptRoot
+$Bin = Join-Path $Root 'bin'
+$env:DOTNET_CLI_TELEMETRY_OPTOUT = '1'
+$env:DOTNET_NOLOGO = '1'
+
+# The host programs each task needs, and the Debian/Ubuntu package that provides each.
+$HostPackages = [ordered]@{
+    bwrap   = 'bubblewrap'
+    busybox = 'busybox-static'
+}
+
+function Invoke-Native {
+    param([Parameter(Mandatory)][string]$FilePath, [string[]]$ArgumentList = @())
+    Write-Verbose "$FilePath $($ArgumentList -join ' ')"
+    & $FilePath @ArgumentList
+    if ($LASTEXITCODE -ne 0) { throw "'$FilePath $($ArgumentList -join ' ')' failed with exit code $LASTEXITCODE." }
+}
+
+function Install-HostPackage {
+    param([string[]]$Command)
+    $missing = @($Command | Where-Object { -not (Get-Command $_ -CommandType Application -ErrorAction Ignore) } |
+            ForEach-Object { $HostPackages[$_] } | Select-Object -Unique)
+    if ($Command -contains 'busybox' -and -not (Test-Path /bin/busybox) -and $missing -notcontains 'busybox-static') {
+        $missing += 'busybox-static'
+    }
+    if (-not $missing) { return }
+    $install = "apt-get install -y --no-install-recommends $($missing -join ' ')"
+    $isRoot = (& id -u) -eq '0'
+    if ($isRoot -and (Get-Command apt-get -ErrorAction Ignore)) {
+        Write-Host "Installing $($missing -join ', ') ..."
+        Invoke-Native apt-get @('update', '-qq')
+        Invoke-Native sh @('-c', "DEBIAN_FRONTEND=noninteractive $install >/dev/null")
+    } else {
+        throw "Missing host packages: $($missing -join ', '). Install them with: sudo apt-get update && sudo $install"
+    }
+}
+
+function Invoke-BuildTask {
+    $null = New-Item -ItemType Directory -Force -Path $Bin
+    $lib = Join-Path $Bin 'lib'
+    # publish gathers the engine with its dependencies; the cmdlet assembly goes next to the
+    # manifest's RootModule and must not carry copies of them (they load from bin/lib only).
+    Invoke-Native dotnet @('publish', "$Root/src/MelangeRunner/MelangeRunner.csproj", '-c', $Configuration, '-o', $lib, '--nologo', '-v', 'quiet')
+    $psOut = Join-Path $Root "artifacts/MelangeRunner.PowerShell/$Configuration"
+    Invoke-Native dotnet @('build', "$Root/src/MelangeRunner.PowerShell/MelangeRunner.PowerShell.csproj", '-c', $Configuration, '-o', $psOut, '--nologo', '-v', 'quiet')
+    Copy-Item -Force -Path (Join-Path $psOut 'MelangeRunner.PowerShell.dll') -Destination $Bin
+    $helpScript = Join-Path $Root 'tools/New-MamlHelp.ps1'
+    if (Test-Path $helpScript) {
+        & $helpScript -DocsPath (Join-Path $Root 'docs/cmdlets') -OutputPath (Join-Path $Bin 'MelangeRunner.PowerShell.dll-Help.xml')
+    }
+    Write-Host "Built MelangeRunner into $Bin"
+}
+
+function Get-NuGetPackageRoot {
+    if ($env:NUGET_PACKAGES) { return $env:NUGET_PACKAGES }
+    Join-Path ([Environment]::GetFolderPath('UserProfile')) '.nuget/packages'
+}
+
+function Invoke-TestTask {
+    Install-HostPackage bwrap, busybox
+    Invoke-BuildTask
+    Invoke-Native dotnet @('restore', "$Root/tools/test-packages/test-packages.csproj", '--nologo', '-v', 'quiet')
+
+    # Engine tests (xunit); counts come from the TRX report.
+    $results = Join-Path $Root 'artifacts/test-results'
+    Remove-Item -Recurse -Force $results -ErrorAction Ignore
+    & dotnet test "$Root/tests/MelangeRunner.Tests/MelangeRunner.Tests.csproj" -c $Configuration --nologo `
+        --logger 'trx;LogFileName=engine.trx' --logger 'console;verbosity=normal' --results-directory $results
+    $trx = [xml](Get-Content -Raw (Join-Path $results 'engine.trx'))
+    $counters = $trx.TestRun.ResultSummary.Counters
+    $engine = [pscustomobject]@{
+        Passed  = [int]$counters.passed
+        Failed  = [int]$counters.failed + [int]$counters.error + [int]$counters.timeout + [int]$counters.aborted
+        Skipped = [int]$counters.notExecuted
+    }
+
+    # Module tests (Pester), in this process: one pwsh start for the whole suite.
+    $env:NO_COLOR = '1'
+    Import-Module (Join-Path (Get-NuGetPackageRoot) 'pester/6.2.0/tools/Pester.psd1') -Force
+    $config = New-PesterConfiguration
+    $config.Run.Path = Join-Path $Root 'tests/Pester'
+    $config.Run.PassThru = $true
+    $config.Output.Verbosity = 'Detailed'
+    $config.Output.RenderMode = 'Plaintext'
+    $config.TestResult.Enabled = $true
+    $config.TestResult.OutputPath = Join-Path $results 'pester.xml'
+    $pester = Invoke-Pester -Configuration $config
+
+    $passed = $engine.Passed + $pester.PassedCount
+    $failed = $engine.Failed + $pester.FailedCount + $pester.FailedBlocksCount + $pester.FailedContainersCount
+    $skipped = $engine.Skipped + $pester.SkippedCount
+    Write-Host "engine (xunit): $($engine.Passed) passed, $($engine.Failed) failed, $($engine.Skipped) skipped"
+    Write-Host "module (Pester): $($pester.PassedCount) passed, $($pester.FailedCount) failed, $($pester.SkippedCount) skipped"
+    Write-Host "$passed passed, $failed failed, $skipped skipped"
+    if ($failed -gt 0) { exit 1 }
+}
+
+function Invoke-DemoTask {
+    Install-HostPackage bwrap, busybox
+    Invoke-BuildTask
+    & (Join-Path $Root 'tools/Invoke-Demo.ps1')
+}
+
+function Invoke-BenchTask {
+    Install-HostPackage bwrap, busybox
+    Invoke-BuildTask
+    & (Join-Path $Root 'bench/Invoke-Benchmarks.ps1')
+}
+
+switch ($Task) {
+    'Build' { Invoke-BuildTask }
+    'Test' { Invoke-TestTask }
+    'Demo' { Invoke-DemoTask }
+    'Bench' { Invoke-BenchTask }
+}

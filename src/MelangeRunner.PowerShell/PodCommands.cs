@@ -1,0 +1,246 @@
+using System.Collections;
+using System.Management.Automation;
+
+namespace MelangeRunner.PowerShell;
+
+/// <summary>New-MelangePodConfig: a config object from the field parameters.</summary>
+[Cmdlet(VerbsCommon.New, "MelangePodConfig")]
+[OutputType(typeof(PodConfig))]
+public sealed class NewMelangePodConfigCommand : PodConfigCmdlet
+{
+    protected override void EndProcessing() => WriteObject(BuildConfig(null));
+}
+
+/// <summary>Get-MelangePodPlan: the process that Start-MelangePod would run, without running it.</summary>
+[Cmdlet(VerbsCommon.Get, "MelangePodPlan")]
+[OutputType(typeof(PodPlan))]
+public sealed class GetMelangePodPlanCommand : PodConfigCmdlet
+{
+    /// <summary>The runner; by default the one the image was imported for.</summary>
+    [Parameter]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    public string? Runner { get; set; }
+
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public ImageInfo Image { get; set; } = null!;
+
+    [Parameter]
+    public PodConfig? Config { get; set; }
+
+    protected override void ProcessRecord()
+    {
+        var config = BuildConfig(Config);
+        try
+        {
+            var plan = RunnerRegistry.Get(Runner ?? Image.Runner).Plan(config, Image);
+            WriteVerbose(plan.CommandLine);
+            WriteObject(plan);
+        }
+        catch (MelangeException e)
+        {
+            WriteEngineError(e, Image);
+        }
+    }
+}
+
+/// <summary>Start-MelangePod: starts a pod from an imported image.</summary>
+[Cmdlet(VerbsLifecycle.Start, "MelangePod")]
+[OutputType(typeof(Pod))]
+public sealed class StartMelangePodCommand : PodConfigCmdlet
+{
+    /// <summary>The runner; by default the one the image was imported for.</summary>
+    [Parameter]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    public string? Runner { get; set; }
+
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public ImageInfo Image { get; set; } = null!;
+
+    [Parameter]
+    public PodConfig? Config { get; set; }
+
+    protected override void ProcessRecord()
+    {
+        var config = BuildConfig(Config);
+        try
+        {
+            var pod = RunEngine((events, ct) => Pod.StartAsync(Runner, config, Image, events, ct));
+            PodTracker.Add(pod);
+            WriteObject(pod);
+        }
+        catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+        {
+            WriteEngineError(e, Image);
+        }
+    }
+}
+
+/// <summary>Invoke-MelangePod: runs a command in the pod and streams its output.</summary>
+[Cmdlet(VerbsLifecycle.Invoke, "MelangePod")]
+[OutputType(typeof(string))]
+public sealed class InvokeMelangePodCommand : MelangeCmdlet
+{
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public Pod Pod { get; set; } = null!;
+
+    [Parameter(Mandatory = true, Position = 0, ValueFromRemainingArguments = true)]
+    public string[] Command { get; set; } = Array.Empty<string>();
+
+    /// <summary>Variables for this command only, set over the pod's environment.</summary>
+    [Parameter]
+    public IDictionary? Environment { get; set; }
+
+    protected override void ProcessRecord()
+    {
+        var env = PodCommandHelpers.ToDictionary(Environment);
+        int exitCode;
+        try
+        {
+            exitCode = RunEngine((events, ct) => Pod.RunAsync(env, Command, events, ct));
+        }
+        catch (MelangeException e)
+        {
+            ThrowEngineError(e, Pod);
+            return;
+        }
+        PodCommandHelpers.SetLastExitCode(this, exitCode);
+        if (exitCode != 0) WriteEngineError(new CommandFailedException(exitCode, Command), Pod);
+    }
+}
+
+/// <summary>Enter-MelangePod: an interactive shell (or command) in the pod, on this terminal.</summary>
+[Cmdlet(VerbsCommon.Enter, "MelangePod")]
+public sealed class EnterMelangePodCommand : MelangeCmdlet
+{
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public Pod Pod { get; set; } = null!;
+
+    [Parameter(Position = 0)]
+    public string[] Command { get; set; } = { "/bin/sh" };
+
+    [Parameter]
+    public IDictionary? Environment { get; set; }
+
+    protected override void ProcessRecord()
+    {
+        var env = PodCommandHelpers.ToDictionary(Environment);
+        try
+        {
+            var exitCode = RunEngine((events, ct) => Pod.DebugAsync(env, Command, events, ct));
+            PodCommandHelpers.SetLastExitCode(this, exitCode);
+        }
+        catch (MelangeException e)
+        {
+            ThrowEngineError(e, Pod);
+        }
+    }
+}
+
+/// <summary>Export-MelangeWorkspace: copies melange-out (and extra and license files) out of the pod.</summary>
+[Cmdlet(VerbsData.Export, "MelangeWorkspace", DefaultParameterSetName = DirectorySet)]
+[OutputType(typeof(DirectoryInfo), ParameterSetName = new[] { DirectorySet })]
+[OutputType(typeof(FileInfo), ParameterSetName = new[] { TarSet })]
+public sealed class ExportMelangeWorkspaceCommand : MelangeCmdlet
+{
+    private const string DirectorySet = "Directory";
+    private const string TarSet = "Tar";
+
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public Pod Pod { get; set; } = null!;
+
+    [Parameter(Mandatory = true, Position = 0, ParameterSetName = DirectorySet)]
+    public string Destination { get; set; } = "";
+
+    [Parameter(Mandatory = true, ParameterSetName = TarSet)]
+    public string AsTarPath { get; set; } = "";
+
+    /// <summary>Workspace files (relative paths) exported besides melange-out.</summary>
+    [Parameter]
+    public string[]? ExtraFile { get; set; }
+
+    protected override void ProcessRecord()
+    {
+        try
+        {
+            var extra = Workspace.ValidateExtraFiles(ExtraFile);
+            if (ParameterSetName == TarSet)
+            {
+                var path = HostPath(AsTarPath);
+                WriteObject(RunEngine((events, ct) => Workspace.ExportToTarAsync(Pod, path, extra, events, ct)));
+            }
+            else
+            {
+                var path = HostPath(Destination);
+                WriteObject(RunEngine((events, ct) => Workspace.ExportToDirectoryAsync(Pod, path, extra, events, ct)));
+            }
+        }
+        catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+        {
+            WriteEngineError(e, Pod);
+        }
+    }
+}
+
+/// <summary>Get-MelangeReleaseData: the pod's /etc/os-release.</summary>
+[Cmdlet(VerbsCommon.Get, "MelangeReleaseData")]
+[OutputType(typeof(ReleaseData))]
+public sealed class GetMelangeReleaseDataCommand : MelangeCmdlet
+{
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public Pod Pod { get; set; } = null!;
+
+    protected override void ProcessRecord()
+    {
+        try
+        {
+            WriteObject(RunEngine((events, ct) => Pod.GetReleaseDataAsync(events, ct)));
+        }
+        catch (Exception e) when (e is MelangeException or IOException)
+        {
+            WriteEngineError(e, Pod);
+        }
+    }
+}
+
+/// <summary>Stop-MelangePod: stops the pod and removes what it left on the host.</summary>
+[Cmdlet(VerbsLifecycle.Stop, "MelangePod", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
+public sealed class StopMelangePodCommand : MelangeCmdlet
+{
+    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    public Pod[] Pod { get; set; } = Array.Empty<Pod>();
+
+    protected override void ProcessRecord()
+    {
+        foreach (var pod in Pod)
+        {
+            if (!ShouldProcess(pod.Id, $"Stop {pod.Runner} pod")) continue;
+            try
+            {
+                RunEngine((events, ct) => pod.StopAsync(events, ct));
+            }
+            catch (Exception e) when (e is MelangeException or IOException)
+            {
+                WriteEngineError(e, pod);
+            }
+            finally
+            {
+                PodTracker.Remove(pod);
+            }
+        }
+    }
+}
+
+internal static class PodCommandHelpers
+{
+    public static IReadOnlyDictionary<string, string>? ToDictionary(IDictionary? table)
+    {
+        if (table is null) return null;
+        var result = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (DictionaryEntry e in table) result[e.Key.ToString()!] = e.Value?.ToString() ?? "";
+        return result;
+    }
+
+    /// <summary>$LASTEXITCODE, as a native command sets it.</summary>
+    public static void SetLastExitCode(PSCmdlet cmdlet, int exitCode) =>
+        cmdlet.SessionState.PSVariable.Set("global:LASTEXITCODE", exitCode);
+}

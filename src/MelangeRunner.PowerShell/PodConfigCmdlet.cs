@@ -1,0 +1,105 @@
+using System.Collections;
+using System.Management.Automation;
+
+namespace MelangeRunner.PowerShell;
+
+/// <summary>
+/// The config fields as parameters, shared by New-MelangePodConfig, Start-MelangePod and
+/// Get-MelangePodPlan so that a one-liner needs no separate config object.
+/// </summary>
+public abstract class PodConfigCmdlet : MelangeCmdlet
+{
+    [Parameter]
+    public string? PackageName { get; set; }
+
+    /// <summary>Host workspace, bound (bubblewrap) or copied (qemu) to /home/build.</summary>
+    [Parameter]
+    public string? WorkspaceDir { get; set; }
+
+    /// <summary>Bind mounts: "SOURCE:DESTINATION" strings or objects with Source and Destination.</summary>
+    [Parameter]
+    public BindMount[]? Mount { get; set; }
+
+    [Parameter]
+    public IDictionary? Environment { get; set; }
+
+    [Parameter]
+    public SwitchParameter Networking { get; set; }
+
+    [Parameter]
+    public string[]? CapAdd { get; set; }
+
+    [Parameter]
+    public string[]? CapDrop { get; set; }
+
+    [Parameter]
+    public string? RunAsUid { get; set; }
+
+    [Parameter]
+    public string? RunAsGid { get; set; }
+
+    [Parameter]
+    public string? RunAs { get; set; }
+
+    [Parameter]
+    [ValidateRange(1, 1024)]
+    public int Cpu { get; set; }
+
+    [Parameter]
+    public string? CpuModel { get; set; }
+
+    [Parameter]
+    public string? Memory { get; set; }
+
+    [Parameter]
+    public string? Disk { get; set; }
+
+    [Parameter]
+    public string? CacheDir { get; set; }
+
+    [Parameter]
+    public TimeSpan Timeout { get; set; }
+
+    [Parameter]
+    public string? Arch { get; set; }
+
+    /// <summary>
+    /// A copy of <paramref name="baseConfig"/> (or a new config) with every bound field
+    /// parameter applied over it, host paths resolved against the current location.
+    /// </summary>
+    protected PodConfig BuildConfig(PodConfig? baseConfig)
+    {
+        var c = baseConfig?.Clone() ?? new PodConfig();
+        var bound = MyInvocation.BoundParameters;
+        if (bound.ContainsKey(nameof(PackageName))) c.PackageName = PackageName;
+        if (bound.ContainsKey(nameof(WorkspaceDir))) c.WorkspaceDir = WorkspaceDir is null ? null : HostPath(WorkspaceDir);
+        if (bound.ContainsKey(nameof(CacheDir))) c.CacheDir = CacheDir is null ? null : HostPath(CacheDir);
+        if (Mount is not null) c.Mounts.AddRange(Mount);
+        if (Environment is not null)
+            foreach (DictionaryEntry e in Environment) c.Environment[e.Key.ToString()!] = e.Value?.ToString() ?? "";
+        if (bound.ContainsKey(nameof(Networking))) c.Capabilities.Networking = Networking.IsPresent;
+        if (CapAdd is not null) c.Capabilities.Add = c.Capabilities.Add.Concat(CapAdd).ToArray();
+        if (CapDrop is not null) c.Capabilities.Drop = c.Capabilities.Drop.Concat(CapDrop).ToArray();
+        if (bound.ContainsKey(nameof(RunAsUid))) c.RunAsUID = RunAsUid;
+        if (bound.ContainsKey(nameof(RunAsGid))) c.RunAsGID = RunAsGid;
+        if (bound.ContainsKey(nameof(RunAs))) c.RunAs = RunAs;
+        if (bound.ContainsKey(nameof(Cpu))) c.CPU = Cpu.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        if (bound.ContainsKey(nameof(CpuModel))) c.CPUModel = CpuModel;
+        if (bound.ContainsKey(nameof(Memory))) c.Memory = Memory;
+        if (bound.ContainsKey(nameof(Disk))) c.Disk = Disk;
+        if (bound.ContainsKey(nameof(Timeout))) c.Timeout = Timeout;
+        if (bound.ContainsKey(nameof(Arch))) c.Arch = Arch;
+
+        // Mount sources are host paths: relative ones are relative to the current location.
+        c.Mounts = c.Mounts.Select(m => m with { Source = HostPath(m.Source) }).ToList();
+        try
+        {
+            c.Validate();
+        }
+        catch (MelangeException e)
+        {
+            ThrowEngineError(e);
+        }
+        return c;
+    }
+}

@@ -1,0 +1,55 @@
+using System.Collections.Concurrent;
+using System.Management.Automation.Runspaces;
+
+namespace MelangeRunner.PowerShell;
+
+/// <summary>
+/// The live pods of each runspace, so that removing the module or closing the runspace
+/// (or ending the process) stops them instead of leaving VMs behind.
+/// </summary>
+internal static class PodTracker
+{
+    private static readonly ConcurrentDictionary<Guid, ConcurrentDictionary<string, Pod>> PodsByRunspace = new();
+
+    static PodTracker()
+    {
+        AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+        {
+            foreach (var runspaceId in PodsByRunspace.Keys) StopAll(runspaceId);
+        };
+    }
+
+    public static void Add(Pod pod)
+    {
+        var runspace = Runspace.DefaultRunspace;
+        var id = runspace?.InstanceId ?? Guid.Empty;
+        var pods = PodsByRunspace.GetOrAdd(id, key =>
+        {
+            if (runspace is not null)
+                runspace.StateChanged += (_, e) =>
+                {
+                    if (e.RunspaceStateInfo.State is RunspaceState.Closing or RunspaceState.Closed or RunspaceState.Broken)
+                        StopAll(key);
+                };
+            return new ConcurrentDictionary<string, Pod>();
+        });
+        pods[pod.Id] = pod;
+    }
+
+    public static void Remove(Pod pod)
+    {
+        foreach (var pods in PodsByRunspace.Values) pods.TryRemove(pod.Id, out _);
+    }
+
+    public static void StopAllInCurrentRunspace() => StopAll(Runspace.DefaultRunspace?.InstanceId ?? Guid.Empty);
+
+    private static void StopAll(Guid runspaceId)
+    {
+        if (!PodsByRunspace.TryRemove(runspaceId, out var pods)) return;
+        foreach (var pod in pods.Values)
+        {
+            try { pod.Dispose(); }
+            catch (Exception) { /* best effort while tearing down; each pod cleans up independently */ }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+using MelangeRunner.Images;
+
+namespace MelangeRunner.Bubblewrap;
+
+/// <summary>melange's bubblewrap runner: a bwrap sandbox over an unpacked image rootfs.</summary>
+public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
+{
+    private const string LdconfigScript = "[ -x /sbin/ldconfig ] && /sbin/ldconfig /lib || true";
+
+    public string Name => Runners.Bubblewrap;
+
+    public IImageLoader ImageLoader => this;
+
+    public RunnerInfo Probe()
+    {
+        var bwrap = PodProcess.FindOnPath(BubblewrapCommand.Program);
+        if (bwrap is null)
+            return new RunnerInfo(Name, false,
+                "bwrap was not found on PATH. Install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap).", null);
+
+        // The uid map check: what breaks on hosts that restrict unprivileged user namespaces.
+        var (code, output) = PodProcess.Capture(bwrap, "--ro-bind", "/", "/", "--unshare-user", "true");
+        if (code != 0)
+        {
+            var reason = $"bwrap cannot create a user namespace here ({output.Trim()}).";
+            if (output.Contains("uid map", StringComparison.OrdinalIgnoreCase) || output.Contains("Permission denied", StringComparison.Ordinal))
+                reason += " Unprivileged user namespaces are restricted on this host. On Ubuntu 23.10 and later, either allow them " +
+                          "(sudo sysctl -w kernel.apparmor_restrict_unprivileged_userns=0) or give bwrap an AppArmor profile that permits " +
+                          "'userns'; elsewhere check that kernel.unprivileged_userns_clone=1 and user.max_user_namespaces > 0.";
+            return new RunnerInfo(Name, false, reason, null);
+        }
+        return new RunnerInfo(Name, true, null, null);
+    }
+
+    public PodPlan Plan(PodConfig config, ImageInfo image) =>
+        PlanCommand(ResolveUser(config, image), image.Ref, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
+
+    private static PodConfig ResolveUser(PodConfig config, ImageInfo image)
+    {
+        var passwd = Path.Combine(image.Ref, "etc/passwd");
+        // lstat-only check: a symlinked passwd could point at the host's; read only a regular file.
+        var text = File.Exists(passwd) && new FileInfo(passwd).LinkTarget is null ? File.ReadAllText(passwd) : null;
+        return GuestUsers.Resolve(config, text);
+    }
+
+    private PodPlan PlanCommand(PodConfig config, string rootfs, bool interactive, IReadOnlyDictionary<string, string>? env, IReadOnlyList<string> command) => new()
+    {
+        Runner = Name,
+        FileName = BubblewrapCommand.Program,
+        Arguments = BubblewrapCommand.Build(rootfs, EffectiveMounts(config), config, interactive, env, command, HostIsRoot),
+    };
+
+    /// <summary>The workspace and cache bound at melange's paths, then the user's mounts.</summary>
+    internal static IReadOnlyList<BindMount> EffectiveMounts(PodConfig config)
+    {
+        var mounts = new List<BindMount>();
+        if (!string.IsNullOrEmpty(config.WorkspaceDir)) mounts.Add(new BindMount(config.WorkspaceDir, Defaults.WorkspaceDir));
+        if (!string.IsNullOrEmpty(config.CacheDir)) mounts.Add(new BindMount(config.CacheDir, Defaults.CacheDir));
+        if (config.Capabilities.Networking && File.Exists(Defaults.ResolvConfPath))
+            mounts.Add(new BindMount(Defaults.ResolvConfPath, Defaults.ResolvConfPath));
+        mounts.AddRange(config.Mounts);
+        return mounts;
+    }
+
+    private static bool HostIsRoot => System.Environment.IsPrivilegedProcess;
+
+    public async Task<Pod> StartPodAsync(PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
+    {
+        RequireImage(image);
+        var pod = new Pod(this, ResolveUser(config, image), image);
+        try
+        {
+            foreach (var m in EffectiveMounts(pod.Config))
+            {
+                if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
+                    throw new MelangeException(ErrorKind.ObjectNotFound, "MountSourceNotFound",
+                        $"The mount source '{m.Source}' (for {m.Destination}) does not exist.",
+                        "Create it first, or correct the path given to -Mount, -WorkspaceDir or -CacheDir.", m.Source);
+            }
+            events.Verbose("bubblewrap pod " + pod.Id + ": priming ld.so.cache");
+            var code = await RunCoreAsync(pod, null, new[] { "/bin/sh", "-c", LdconfigScript }, events, setup: true, cancellationToken).ConfigureAwait(false);
+            if (code != 0)
+                throw new MelangeException(ErrorKind.InvalidOperation, "PodStartFailed",
+                    $"The first command in the sandbox failed with status {code}; the image may have no /bin/sh.",
+                    "Check that the image is a rootfs with /bin/sh, and read the messages above.", pod.Id);
+            pod.State = PodState.Running;
+            pod.StartedAt = DateTimeOffset.Now;
+            return pod;
+        }
+        catch
+        {
+            pod.State = PodState.Failed;
+            throw;
+        }
+    }
+
+    public Task<int> RunAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
+    {
+        RequireRunning(pod);
+        return RunCoreAsync(pod, environment, command, events, setup: false, cancellationToken);
+    }
+
+    private Task<int> RunCoreAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, bool setup, CancellationToken cancellationToken)
+    {
+        var plan = PlanCommand(pod.Config, pod.ImageRef, interactive: false, environment, command);
+        return PodProcess.RunAsync(plan.FileName, plan.Arguments, events, cancellationToken, stdoutToVerbose: setup);
+    }
+
+    public Task<int> DebugAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
+    {
+        RequireRunning(pod);
+        var plan = PlanCommand(pod.Config, pod.ImageRef, interactive: true, environment, command);
+        return PodProcess.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken);
+    }
+
+    /// <summary>Nothing runs between commands, so there is nothing to stop.</summary>
+    public Task TerminatePodAsync(Pod pod, IEventSink events, CancellationToken cancellationToken) => Task.CompletedTask;
+
+    public Task<Stream> WorkspaceTarAsync(Pod pod, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    {
+        RequireRunning(pod);
+        return Task.FromResult(Workspace.TarOfHostDirectory(pod.WorkspaceDir, extraFiles, events, cancellationToken));
+    }
+
+    public async Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
+    {
+        RequireRunning(pod);
+        // The rootfs is a host directory: read it directly, refusing a symlink that leaves it.
+        foreach (var candidate in new[] { "etc/os-release", "usr/lib/os-release" })
+        {
+            var path = Path.Combine(pod.ImageRef, candidate);
+            if (!File.Exists(path)) continue;
+            var info = new FileInfo(path);
+            if (info.LinkTarget is not null)
+            {
+                var resolved = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName;
+                if (resolved is null || !resolved.StartsWith(Path.GetFullPath(pod.ImageRef) + "/", StringComparison.Ordinal))
+                    continue;
+            }
+            return ReleaseData.Parse(await File.ReadAllTextAsync(path, cancellationToken).ConfigureAwait(false));
+        }
+        throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
+            "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef);
+    }
+
+    public async Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken)
+    {
+        var guestDir = Directory.CreateTempSubdirectory("melange-guest-").FullName;
+        try
+        {
+            var source = await ImageImporter.ExtractAsync(path, arch, guestDir, events, cancellationToken).ConfigureAwait(false);
+            return new ImageInfo { Runner = Name, Ref = guestDir, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
+        }
+        catch
+        {
+            Workspace.DeleteTree(guestDir);
+            throw;
+        }
+    }
+
+    public Task RemoveImageAsync(ImageInfo image, CancellationToken cancellationToken)
+    {
+        Workspace.DeleteTree(image.Ref);
+        return Task.CompletedTask;
+    }
+
+    private void RequireImage(ImageInfo image)
+    {
+        if (image.Runner != Name)
+            throw new MelangeException(ErrorKind.InvalidArgument, "WrongImageRunner",
+                $"The image {image.Ref} was imported for the {image.Runner} runner, not for {Name}.",
+                $"Import it again with -Runner {Name}.", image);
+        if (!Directory.Exists(image.Ref))
+            throw new MelangeException(ErrorKind.ObjectNotFound, "ImageRemoved",
+                $"The image directory {image.Ref} no longer exists.", "Import the image again with Import-MelangeImage.", image);
+    }
+
+    private static void RequireRunning(Pod pod)
+    {
+        if (pod.State != PodState.Running)
+            throw new MelangeException(ErrorKind.InvalidOperation, "PodNotRunning",
+                $"The pod {pod.Id} is {pod.State.ToString().ToLowerInvariant()}.", "Start a new pod with Start-MelangePod.", pod);
+    }
+}

@@ -1,0 +1,36 @@
+namespace MelangeRunner;
+
+/// <summary>Resolves the RunAs user of a config against the image's /etc/passwd.</summary>
+public static class GuestUsers
+{
+    /// <summary>
+    /// A copy of <paramref name="config"/> with RunAsUID/RunAsGID filled from RunAs: a numeric
+    /// RunAs is the uid; a name is looked up in <paramref name="passwd"/> (the image's /etc/passwd).
+    /// Root, an empty RunAs, or a RunAsUID already set leave the config as it is.
+    /// </summary>
+    public static PodConfig Resolve(PodConfig config, string? passwd)
+    {
+        if (!string.IsNullOrEmpty(config.RunAsUID) || string.IsNullOrEmpty(config.RunAs) || config.RunAs is "root" or "0")
+            return config;
+        var resolved = config.Clone();
+        if (uint.TryParse(config.RunAs, out _))
+        {
+            resolved.RunAsUID = config.RunAs;
+            return resolved;
+        }
+        foreach (var line in (passwd ?? "").Split('\n'))
+        {
+            // name:password:uid:gid:gecos:home:shell
+            var fields = line.TrimEnd('\r').Split(':');
+            if (fields.Length >= 4 && fields[0] == config.RunAs)
+            {
+                resolved.RunAsUID = fields[2];
+                if (string.IsNullOrEmpty(resolved.RunAsGID)) resolved.RunAsGID = fields[3];
+                return resolved;
+            }
+        }
+        throw new MelangeException(ErrorKind.ObjectNotFound, "UnknownUser",
+            $"The user '{config.RunAs}' is not in the image's /etc/passwd.",
+            "Add the user to the image, or pass a numeric id with -RunAs or -RunAsUid.", config.RunAs);
+    }
+}

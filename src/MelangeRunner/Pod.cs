@@ -1,0 +1,140 @@
+using System.Security.Cryptography;
+using Renci.SshNet;
+
+namespace MelangeRunner;
+
+public enum PodState
+{
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Failed,
+}
+
+/// <summary>
+/// A started pod: its config and the runtime state melange keeps on container.Config
+/// (pod id, image ref, and for qemu the SSH endpoints, clients and process ids).
+/// Disposing it stops it.
+/// </summary>
+public sealed class Pod : IDisposable
+{
+    private readonly object _stopLock = new();
+
+    internal Pod(IRunner runner, PodConfig config, ImageInfo image)
+    {
+        RunnerImplementation = runner;
+        Config = config;
+        Image = image;
+        Id = "melange-" + Convert.ToHexString(RandomNumberGenerator.GetBytes(6)).ToLowerInvariant();
+    }
+
+    public string Id { get; }
+    public string Runner => RunnerImplementation.Name;
+    public PodState State { get; internal set; } = PodState.Starting;
+    public string ImageRef => Image.Ref;
+    public ImageInfo Image { get; }
+    public PodConfig Config { get; }
+    public DateTimeOffset? StartedAt { get; internal set; }
+
+    /// <summary>The host workspace directory (created for the pod when the config named none).</summary>
+    public string WorkspaceDir => Config.WorkspaceDir ?? "";
+
+    /// <summary>The uid and gid that build steps run as, after RunAs was resolved against the image.</summary>
+    public string? RunAsUID => Config.RunAsUID;
+    public string? RunAsGID => Config.RunAsGID;
+
+    // qemu runtime state (null for bubblewrap).
+    public string? SshAddress { get; internal set; }
+    public string? SshControlAddress { get; internal set; }
+    public SshClient? BuildClient { get; internal set; }
+    public SshClient? ControlClient { get; internal set; }
+    public SshClient? ControlBuildClient { get; internal set; }
+    public int? QemuPid { get; internal set; }
+    public int? VirtiofsdPid { get; internal set; }
+
+    internal IRunner RunnerImplementation { get; }
+
+    /// <summary>Set when the engine created the workspace, so that stopping removes it.</summary>
+    internal bool OwnsWorkspace { get; set; }
+
+    /// <summary>Runner-specific state that must not be shown (temp paths, keys).</summary>
+    internal object? RunnerState { get; set; }
+
+    /// <summary>
+    /// Starts a pod of <paramref name="runnerName"/> (default: the runner the image was imported
+    /// for). Without a workspace in the config, the pod gets a fresh one that it removes when stopped.
+    /// </summary>
+    public static async Task<Pod> StartAsync(string? runnerName, PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
+    {
+        var runner = RunnerRegistry.Get(runnerName ?? image.Runner);
+        config = config.Clone();
+        config.Validate();
+        var ownsWorkspace = string.IsNullOrEmpty(config.WorkspaceDir);
+        config.WorkspaceDir = ownsWorkspace
+            ? Directory.CreateTempSubdirectory("melange-workspace-").FullName
+            : Directory.CreateDirectory(config.WorkspaceDir!).FullName;
+        try
+        {
+            var pod = await runner.StartPodAsync(config, image, events, cancellationToken).ConfigureAwait(false);
+            pod.OwnsWorkspace = ownsWorkspace;
+            return pod;
+        }
+        catch
+        {
+            if (ownsWorkspace) Workspace.DeleteTree(config.WorkspaceDir);
+            throw;
+        }
+    }
+
+    /// <summary>melange's Run: the command's output goes to <paramref name="events"/>; returns its exit status.</summary>
+    public Task<int> RunAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken) =>
+        RunnerImplementation.RunAsync(this, environment, command, events, cancellationToken);
+
+    /// <summary>melange's Debug: an interactive command on the caller's terminal.</summary>
+    public Task<int> DebugAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken) =>
+        RunnerImplementation is IDebugger debugger
+            ? debugger.DebugAsync(this, environment, command, events, cancellationToken)
+            : throw new MelangeException(ErrorKind.InvalidOperation, "NoInteractiveSession",
+                $"The {Runner} runner has no interactive sessions.", "Use Invoke-MelangePod instead.", this);
+
+    /// <summary>melange's WorkspaceTar.</summary>
+    public Task<Stream> WorkspaceTarAsync(IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken) =>
+        RunnerImplementation.WorkspaceTarAsync(this, extraFiles, events, cancellationToken);
+
+    /// <summary>melange's GetReleaseData.</summary>
+    public Task<ReleaseData> GetReleaseDataAsync(IEventSink events, CancellationToken cancellationToken) =>
+        RunnerImplementation.GetReleaseDataAsync(this, events, cancellationToken);
+
+    /// <summary>Stops the pod; harmless when it is already stopped.</summary>
+    public Task StopAsync(IEventSink? events = null, CancellationToken cancellationToken = default)
+    {
+        lock (_stopLock)
+        {
+            if (State is PodState.Stopped or PodState.Stopping) return Task.CompletedTask;
+            State = PodState.Stopping;
+        }
+        return StopCoreAsync(events ?? NullEventSink.Instance, cancellationToken);
+    }
+
+    private async Task StopCoreAsync(IEventSink events, CancellationToken cancellationToken)
+    {
+        try
+        {
+            await RunnerImplementation.TerminatePodAsync(this, events, cancellationToken).ConfigureAwait(false);
+        }
+        finally
+        {
+            if (OwnsWorkspace && Config.WorkspaceDir is { } ws && Directory.Exists(ws))
+            {
+                try { Directory.Delete(ws, recursive: true); }
+                catch (Exception e) { events.Warning($"Could not remove the pod's workspace {ws}: {e.Message}"); }
+            }
+            State = PodState.Stopped;
+        }
+    }
+
+    public void Dispose() => StopAsync().GetAwaiter().GetResult();
+
+    public override string ToString() => $"{Id} ({Runner}, {State})";
+}

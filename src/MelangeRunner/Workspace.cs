@@ -1,0 +1,176 @@
+using System.IO.Pipes;
+using System.Text.RegularExpressions;
+using MelangeRunner.Tar;
+
+namespace MelangeRunner;
+
+/// <summary>Getting the results out of a pod: the workspace tar and where it is written.</summary>
+public static partial class Workspace
+{
+    /// <summary>The directory, relative to the workspace, that a build writes its packages into.</summary>
+    public const string OutputDir = "melange-out";
+
+    [GeneratedRegex(@"^(licen[cs]e|copying|notice|copyright|unlicense)([.\-_].*)?$", RegexOptions.IgnoreCase | RegexOptions.CultureInvariant)]
+    private static partial Regex LicenseFileName();
+
+    /// <summary>Whether a file name looks like a license file (LICENSE, COPYING.md, NOTICE-APACHE…).</summary>
+    public static bool IsLicenseFileName(string name) => LicenseFileName().IsMatch(name);
+
+    /// <summary>
+    /// Checks the extra file names a user asked for: relative to the workspace and staying inside it.
+    /// </summary>
+    public static IReadOnlyList<string> ValidateExtraFiles(IEnumerable<string>? extraFiles)
+    {
+        var result = new List<string>();
+        foreach (var raw in extraFiles ?? Array.Empty<string>())
+        {
+            var name = raw.Replace('\\', '/').Trim();
+            while (name.StartsWith("./", StringComparison.Ordinal)) name = name[2..];
+            if (name.Length == 0 || name.StartsWith('/') || name.Split('/').Contains(".."))
+                throw new MelangeException(ErrorKind.InvalidArgument, "BadExtraFile",
+                    $"The extra file '{raw}' is not a path inside the workspace.",
+                    "Give extra files relative to the workspace, without '..', for example 'config.log'.", raw);
+            if (!result.Contains(name)) result.Add(name);
+        }
+        return result;
+    }
+
+    /// <summary>License files anywhere in the workspace outside melange-out, relative paths, sorted.</summary>
+    public static IReadOnlyList<string> FindLicenseFiles(string workspaceDir)
+    {
+        var found = new List<string>();
+        var options = new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint, IgnoreInaccessible = true };
+        foreach (var file in Directory.EnumerateFiles(workspaceDir, "*", options))
+        {
+            var rel = Path.GetRelativePath(workspaceDir, file).Replace('\\', '/');
+            if (rel.StartsWith(OutputDir + "/", StringComparison.Ordinal) || rel.StartsWith(".git/", StringComparison.Ordinal)) continue;
+            if (IsLicenseFileName(Path.GetFileName(file))) found.Add(rel);
+        }
+        found.Sort(StringComparer.Ordinal);
+        return found;
+    }
+
+    /// <summary>
+    /// A tar stream of melange-out, the extra files and the license files of a host workspace,
+    /// produced on a background task as the reader consumes it.
+    /// </summary>
+    public static Stream TarOfHostDirectory(string workspaceDir, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    {
+        var paths = new List<string> { OutputDir };
+        foreach (var p in extraFiles.Concat(FindLicenseFiles(workspaceDir)))
+            if (!paths.Contains(p)) paths.Add(p);
+        if (!Directory.Exists(Path.Combine(workspaceDir, OutputDir)))
+            events.Warning($"The workspace {workspaceDir} has no {OutputDir} directory: the build wrote no output.");
+
+        var server = new AnonymousPipeServerStream(PipeDirection.Out);
+        var client = new AnonymousPipeClientStream(PipeDirection.In, server.ClientSafePipeHandle);
+        var producer = Task.Run(async () =>
+        {
+            await using (server)
+            {
+                await DirectoryTarWriter.WriteAsync(server, workspaceDir, paths, events, cancellationToken).ConfigureAwait(false);
+            }
+        }, cancellationToken);
+        return new ProducerStream(client, producer);
+    }
+
+    /// <summary>Streams the pod's workspace tar into a tar file (written whole or not at all).</summary>
+    public static async Task<FileInfo> ExportToTarAsync(Pod pod, string tarPath, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    {
+        var full = Path.GetFullPath(tarPath);
+        var partial = full + ".partial-" + Guid.NewGuid().ToString("N")[..8];
+        try
+        {
+            await using (var tar = await pod.WorkspaceTarAsync(extraFiles, events, cancellationToken).ConfigureAwait(false))
+            await using (var file = new FileStream(partial, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous))
+            {
+                await CopyWithProgressAsync(tar, file, events, cancellationToken).ConfigureAwait(false);
+            }
+            File.Move(partial, full, overwrite: true);
+            return new FileInfo(full);
+        }
+        finally
+        {
+            if (File.Exists(partial)) File.Delete(partial);
+        }
+    }
+
+    /// <summary>Unpacks the pod's workspace tar under <paramref name="destination"/>, never outside it.</summary>
+    public static async Task<DirectoryInfo> ExportToDirectoryAsync(Pod pod, string destination, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    {
+        var full = Path.GetFullPath(destination);
+        Directory.CreateDirectory(full);
+        await using var tar = await pod.WorkspaceTarAsync(extraFiles, events, cancellationToken).ConfigureAwait(false);
+        await using var counted = new ProgressStream(tar, events, "Exporting workspace");
+        // Results belong to whoever exports them: owners are not carried over.
+        await SafeTarExtractor.ExtractAsync(counted, full, new TarExtractOptions { PreserveOwners = false }, events, cancellationToken).ConfigureAwait(false);
+        return new DirectoryInfo(full);
+    }
+
+    private static async Task CopyWithProgressAsync(Stream source, Stream target, IEventSink events, CancellationToken cancellationToken)
+    {
+        await using var counted = new ProgressStream(source, events, "Exporting workspace");
+        await counted.CopyToAsync(target, 1 << 20, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Deletes a directory tree without following symlinks out of it; a missing tree is fine.</summary>
+    public static void DeleteTree(string path)
+    {
+        if (!Directory.Exists(path)) return;
+        // Directory.Delete does not follow symlinks; make read-only directories writable first.
+        foreach (var dir in Directory.EnumerateDirectories(path, "*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = FileAttributes.ReparsePoint, IgnoreInaccessible = true }))
+        {
+            try { File.SetUnixFileMode(dir, File.GetUnixFileMode(dir) | UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute); }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
+        }
+        Directory.Delete(path, recursive: true);
+    }
+
+    /// <summary>The read side of a pipe whose writer is a task: the writer's failure surfaces at the end of the stream.</summary>
+    private sealed class ProducerStream : Stream
+    {
+        private readonly Stream _inner;
+        private readonly Task _producer;
+
+        public ProducerStream(Stream inner, Task producer) { _inner = inner; _producer = producer; }
+
+        public override bool CanRead => true;
+        public override bool CanSeek => false;
+        public override bool CanWrite => false;
+        public override long Length => throw new NotSupportedException();
+        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override void Flush() { }
+        public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+        public override void SetLength(long value) => throw new NotSupportedException();
+        public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
+
+        public override int Read(byte[] buffer, int offset, int count)
+        {
+            var n = _inner.Read(buffer, offset, count);
+            if (n == 0) _producer.GetAwaiter().GetResult();
+            return n;
+        }
+
+        public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            var n = await _inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+            if (n == 0) await _producer.ConfigureAwait(false);
+            return n;
+        }
+
+        public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+            ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+        protected override void Dispose(bool disposing)
+        {
+            if (disposing)
+            {
+                _inner.Dispose();
+                // The writer sees a broken pipe and ends; wait so no task outlives the export.
+                try { _producer.Wait(); } catch (AggregateException) { }
+            }
+            base.Dispose(disposing);
+        }
+    }
+}

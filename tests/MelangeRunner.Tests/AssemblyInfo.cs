@@ -1,0 +1,2 @@
+// The module wraps a Linux-only engine.
+[assembly: System.Runtime.Versioning.SupportedOSPlatform("linux")]

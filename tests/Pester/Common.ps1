@@ -1,0 +1,28 @@
+# Shared set-up for the module tests: dot-source it in BeforeAll.
+$ErrorActionPreference = 'Stop'
+$script:RepoRoot = (Resolve-Path (Join-Path $PSScriptRoot '../..')).Path
+$script:ModuleManifest = Join-Path $script:RepoRoot 'MelangeRunner.psd1'
+Import-Module $script:ModuleManifest -Force
+
+# The busybox rootfs that the demo uses, made once per test run.
+function Get-TestRootfs {
+    $path = Join-Path ([IO.Path]::GetTempPath()) "melange-test-rootfs-$PID.tar.gz"
+    if (-not (Test-Path $path)) {
+        $null = & (Join-Path $script:RepoRoot 'tools/New-DemoRootfs.ps1') -OutputPath $path
+    }
+    $path
+}
+
+# Why a test that needs bwrap cannot run here, or $null when it can.
+function Get-BwrapSkipReason {
+    if (-not (Get-Command bwrap -ErrorAction Ignore)) { return 'bwrap is not installed (apt-get install bubblewrap)' }
+    $null
+}
+
+# Processes whose command line contains a marker string (to prove nothing was left running).
+function Get-ProcessByMarker([string]$Marker) {
+    Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | ForEach-Object {
+        $cmdline = Get-Content -LiteralPath "/proc/$($_.Name)/cmdline" -Raw -ErrorAction Ignore
+        if ($cmdline -and ($cmdline -replace "`0", ' ') -like "*$Marker*" -and [int]$_.Name -ne $PID) { [int]$_.Name }
+    }
+}

@@ -1,15 +1,185 @@
+using System.Formats.Tar;
 using MelangeRunner.Tar;
 
 namespace MelangeRunner.Images;
 
-/// <summary>What an image source was found to be, and the architecture taken from it (apko name, e.g. x86_64).</summary>
+/// <summary>
+/// What an image source was found to be — Kind: "layer-tar" (with "+gzip", "+zstd", "+xz"
+/// or "+bzip2" when compressed), "oci-layout", "oci-archive" or "docker-archive" — and the
+/// architecture of the image taken from it, apko-style (x86_64, aarch64…).
+/// </summary>
 public sealed record ImageSourceInfo(string Kind, string Arch);
 
+/// <summary>Turns an image on disk (detected by content) into a rootfs directory or one flattened rootfs tar.</summary>
 public static class ImageImporter
 {
-    public static Task<ImageSourceInfo> ExtractAsync(string path, string? arch, string guestDir, IEventSink events, CancellationToken ct)
-        => throw new NotImplementedException();
+    const string Activity = "Importing image";
 
+    /// <summary>
+    /// Unpacks the image at <paramref name="path"/> into the existing (empty) directory
+    /// <paramref name="guestDir"/>, applying layers in order with OCI whiteouts. Unsafe
+    /// entries are skipped with a warning. On failure or cancellation the directory is left
+    /// for the caller to delete.
+    /// </summary>
+    public static Task<ImageSourceInfo> ExtractAsync(string path, string? arch, string guestDir, IEventSink events, CancellationToken ct)
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentException.ThrowIfNullOrEmpty(guestDir);
+        events ??= NullEventSink.Instance;
+        return Task.Run(() =>
+        {
+            using var temp = new TempDir(Path.GetDirectoryName(Path.GetFullPath(guestDir)));
+            using var source = ImageSource.Open(path, arch, temp.Get, events, ct);
+            events.Verbose($"'{path}' is {source.Kind} ({source.Arch}, {source.Layers.Count} layer(s)); unpacking into '{guestDir}'.");
+            var extractor = new TarExtractor(guestDir, new TarExtractOptions { ApplyWhiteouts = true }, events);
+            var progress = new ProgressTracker(events, source.Layers, "Unpacking");
+            foreach (var layer in source.Layers)
+            {
+                ct.ThrowIfCancellationRequested();
+                progress.StartLayer(layer);
+                WithLayer(layer, progress, ct, tar => extractor.ExtractLayer(tar, ct));
+            }
+            extractor.Finish(ct);
+            progress.Complete();
+            return new ImageSourceInfo(source.Kind, source.Arch);
+        }, ct);
+    }
+
+    /// <summary>
+    /// Writes the flattened rootfs of the image as one uncompressed PAX tar at
+    /// <paramref name="outputTarPath"/> (whiteouts resolved, unsafe entries dropped with a
+    /// warning, owners, modes, devices and xattrs kept). A partial output is deleted on failure.
+    /// </summary>
     public static Task<ImageSourceInfo> FlattenAsync(string path, string? arch, string outputTarPath, IEventSink events, CancellationToken ct)
-        => throw new NotImplementedException();
+    {
+        ArgumentException.ThrowIfNullOrEmpty(path);
+        ArgumentException.ThrowIfNullOrEmpty(outputTarPath);
+        events ??= NullEventSink.Instance;
+        return Task.Run(() =>
+        {
+            string output = Path.GetFullPath(outputTarPath);
+            bool done = false;
+            try
+            {
+                using var temp = new TempDir(Path.GetDirectoryName(output));
+                using var source = ImageSource.Open(path, arch, temp.Get, events, ct);
+                events.Verbose($"'{path}' is {source.Kind} ({source.Arch}, {source.Layers.Count} layer(s)); writing the flattened rootfs to '{output}'.");
+                using (var fs = new FileStream(output, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
+                    Flattener.Run(source.Layers, fs, events, ct);
+                done = true;
+                return new ImageSourceInfo(source.Kind, source.Arch);
+            }
+            finally
+            {
+                if (!done) TryDelete(output);
+            }
+        }, ct);
+    }
+
+    static void TryDelete(string file)
+    {
+        try { File.Delete(file); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>Opens a layer (counted, digest-checked, decompressed) and hands its tar stream to <paramref name="use"/>.</summary>
+    internal static void WithLayer(LayerRef layer, ProgressTracker? progress, CancellationToken ct, Action<Stream> use)
+    {
+        var raw = layer.Open();
+        var counted = new CountingStream(raw, progress != null ? progress.Report : null);
+        var checking = new DigestCheckingStream(counted, layer.Digest, layer.Description);
+        Stream tar;
+        string compression;
+        try { tar = Decompression.Open(checking, out compression); }
+        catch (MelangeException e) when (e.ErrorId == "UnknownImageFormat")
+        {
+            checking.Dispose();
+            throw new MelangeException(ErrorKind.InvalidData, "UnknownImageFormat", $"The image's {layer.Description} is not {Decompression.AcceptedFormats}.",
+                "Re-create the image; layers must be tar archives.", layer.Description, e);
+        }
+        using (tar)
+        {
+            try
+            {
+                use(tar);
+                StreamUtil.Drain(tar, ct); // the rest (tar padding), so that the digest covers the whole blob
+                checking.Verify(ct);
+            }
+            catch (Exception e) when (e is InvalidDataException or EndOfStreamException or FormatException or SharpCompress.Common.ArchiveException)
+            {
+                throw new MelangeException(ErrorKind.InvalidData, "CorruptImage", $"The image's {layer.Description} ({compression}) is corrupt or truncated: {e.Message}",
+                    "Check that the image file is complete (re-download or re-create it).", layer.Description, e);
+            }
+        }
+    }
+}
+
+/// <summary>Reports bytes read of the (compressed) layers, throttled by <see cref="CountingStream"/>.</summary>
+internal sealed class ProgressTracker
+{
+    readonly IEventSink _events;
+    readonly long _total;
+    readonly int _count;
+    readonly string _verb;
+    long _before;
+    long _current;
+    int _index;
+
+    public ProgressTracker(IEventSink events, IReadOnlyList<LayerRef> layers, string verb)
+    {
+        _events = events;
+        _total = layers.Sum(l => l.Size);
+        _count = layers.Count;
+        _verb = verb;
+    }
+
+    public void StartLayer(LayerRef layer)
+    {
+        _before += _current;
+        _current = 0;
+        _index++;
+        Report(0);
+    }
+
+    public void Report(long bytesOfLayer)
+    {
+        _current = bytesOfLayer;
+        _events.Progress(new ProgressReport("Importing image", $"{_verb} layer {_index} of {_count}", _before + _current, _total));
+    }
+
+    public void Complete() => _events.Progress(new ProgressReport("Importing image", "Done", _total, _total));
+}
+
+/// <summary>A temporary directory made only when asked for, removed on dispose.</summary>
+internal sealed class TempDir : IDisposable
+{
+    readonly string? _near;
+    string? _path;
+
+    public TempDir(string? near) => _near = near;
+
+    public string Get()
+    {
+        if (_path != null) return _path;
+        foreach (var parent in new[] { _near, Path.GetTempPath() })
+        {
+            if (string.IsNullOrEmpty(parent) || !Directory.Exists(parent)) continue;
+            try
+            {
+                string p = Path.Combine(parent, ".melange-import-" + Guid.NewGuid().ToString("N")[..12]);
+                Directory.CreateDirectory(p);
+                _path = p;
+                return p;
+            }
+            catch (IOException) { } catch (UnauthorizedAccessException) { }
+        }
+        _path = Directory.CreateTempSubdirectory("melange-import-").FullName;
+        return _path;
+    }
+
+    public void Dispose()
+    {
+        if (_path == null) return;
+        try { Directory.Delete(_path, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        _path = null;
+    }
 }

@@ -69,9 +69,13 @@ function Install-HostPackage {
 function Invoke-BuildTask {
     $null = New-Item -ItemType Directory -Force -Path $Bin
     $lib = Join-Path $Bin 'lib'
-    # publish gathers the engine with its dependencies; the cmdlet assembly goes next to the
-    # manifest's RootModule and must not carry copies of them (they load from bin/lib only).
+    # publish gathers the engine with its dependencies. The engine goes next to the cmdlet
+    # assembly (default load context); its dependencies stay in bin/lib, which the module
+    # loads in its own context (src/MelangeRunner.PowerShell/ModuleLoader.cs).
+    Remove-Item -Recurse -Force $lib -ErrorAction Ignore
     Invoke-Native dotnet @('publish', "$Root/src/MelangeRunner/MelangeRunner.csproj", '-c', $Configuration, '-o', $lib, '--nologo', '-v', 'quiet')
+    Move-Item -Force -Path (Join-Path $lib 'MelangeRunner.*') -Exclude '*.deps.json' -Destination $Bin
+    Remove-Item -Force (Join-Path $lib 'MelangeRunner.deps.json'), (Join-Path $Bin 'MelangeRunner.deps.json') -ErrorAction Ignore
     $psOut = Join-Path $Root "artifacts/MelangeRunner.PowerShell/$Configuration"
     Invoke-Native dotnet @('build', "$Root/src/MelangeRunner.PowerShell/MelangeRunner.PowerShell.csproj", '-c', $Configuration, '-o', $psOut, '--nologo', '-v', 'quiet')
     Copy-Item -Force -Path (Join-Path $psOut 'MelangeRunner.PowerShell.dll') -Destination $Bin

@@ -13,12 +13,6 @@ function Get-TestRootfs {
     $path
 }
 
-# Why a test that needs bwrap cannot run here, or $null when it can.
-function Get-BwrapSkipReason {
-    if (-not (Get-Command bwrap -ErrorAction Ignore)) { return 'bwrap is not installed (apt-get install bubblewrap)' }
-    $null
-}
-
 # Processes whose command line contains a marker string (to prove nothing was left running).
 function Get-ProcessByMarker([string]$Marker) {
     Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | ForEach-Object {

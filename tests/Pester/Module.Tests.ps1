@@ -1,3 +1,7 @@
+BeforeDiscovery {
+    $noBwrap = -not (Get-Command bwrap -ErrorAction Ignore)
+}
+
 BeforeAll {
     . (Join-Path $PSScriptRoot 'Common.ps1')
 }
@@ -29,9 +33,10 @@ Describe 'The module' {
     }
 
     It 'loads its dependencies in its own AssemblyLoadContext' {
-        $alc = [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext([MelangeRunner.Pod].Assembly)
-        $alc.Name | Should -Be 'MelangeRunner'
-        [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext([Renci.SshNet.SshClient].Assembly).Name | Should -Be 'MelangeRunner'
+        [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext([MelangeRunner.Pod].Assembly).Name | Should -Be 'Default'
+        $sshClient = [MelangeRunner.Pod].GetProperty('BuildClient').PropertyType
+        $sshClient.FullName | Should -Be 'Renci.SshNet.SshClient'
+        [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext($sshClient.Assembly).Name | Should -Be 'MelangeRunner'
     }
 
     It 'imports where an older Microsoft.Extensions.Logging.Abstractions is already loaded' {
@@ -43,12 +48,13 @@ Describe 'The module' {
 Add-Type -Path '$old'
 Import-Module '$script:ModuleManifest'
 # SSH.NET's client needs Logging.Abstractions 8: constructing one loads it in the module's context.
-`$client = [Renci.SshNet.SshClient]::new('127.0.0.1', 'root', 'x')
+`$sshClient = [MelangeRunner.Pod].GetProperty('BuildClient').PropertyType
+`$client = [Activator]::CreateInstance(`$sshClient, [object[]]@('127.0.0.1', 'root', 'x'))
 `$client.Dispose()
 [AppDomain]::CurrentDomain.GetAssemblies() | Where-Object { `$_.GetName().Name -eq 'Microsoft.Extensions.Logging.Abstractions' } |
     ForEach-Object { '{0} {1}' -f `$_.GetName().Version.Major, [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext(`$_).Name }
 "@
-        $pwsh = (Get-Process -Id $PID).Path
+        $pwsh = Join-Path $PSHOME 'pwsh'
         $output = & $pwsh -NoProfile -NonInteractive -Command $script 2>&1
         $LASTEXITCODE | Should -Be 0 -Because ($output -join "`n")
         $output | Should -Contain '6 Default'
@@ -66,7 +72,7 @@ Describe 'Get-MelangeRunner and Test-MelangeRunner' {
         }
     }
 
-    It 'finds bwrap usable here' -Skip:([bool](Get-BwrapSkipReason)) {
+    It 'finds bwrap usable here' -Skip:$noBwrap {
         (Get-MelangeRunner -Name bubblewrap).IsUsable | Should -BeTrue
         Test-MelangeRunner -Name bubblewrap | Should -BeTrue
     }

@@ -117,7 +117,8 @@ internal sealed class ImageSource : IDisposable
                     if ((++count & 1023) == 0) ct.ThrowIfCancellationRequested();
                     string? rel = TarPath.Normalize(e.Name, out _);
                     if (rel == null) continue;
-                    // On a seekable stream the reader leaves the position at the entry's data.
+                    // Where the data starts is not exposed; the position after the header is kept
+                    // and the data offset worked out (and checked) when a member is opened.
                     members[rel] = new ArchiveMember(fs.Position, e.Length, e.EntryType, e.LinkName);
                 }
             }
@@ -340,7 +341,7 @@ internal sealed class ImageSource : IDisposable
         public long Size(string digest) => new FileInfo(PathOf(digest)).Length;
     }
 
-    internal sealed record ArchiveMember(long Offset, long Length, TarEntryType Type, string LinkName);
+    internal sealed record ArchiveMember(long PositionAfterHeader, long Length, TarEntryType Type, string LinkName);
 
     sealed class ArchiveBlobStore : IBlobStore
     {
@@ -366,7 +367,39 @@ internal sealed class ImageSource : IDisposable
             throw new MelangeException(ErrorKind.InvalidData, "CorruptImage", $"The image archive '{DisplayPath}' lacks '{name}'.", "The archive is incomplete; re-create it.", DisplayPath);
         }
 
-        public Stream OpenMember(ArchiveMember m) => new WindowStream(_fs, m.Offset, m.Length);
+        public Stream OpenMember(ArchiveMember m) => new WindowStream(_fs, DataStart(m), m.Length);
+
+        /// <summary>
+        /// The offset of a member's data. On a seekable stream, TarReader leaves the position
+        /// after the data and its padding (current .NET) or at the data; each candidate is
+        /// checked against the size field of the header block just before it.
+        /// </summary>
+        long DataStart(ArchiveMember m)
+        {
+            long padded = (m.Length + 511) / 512 * 512;
+            Span<byte> h = stackalloc byte[512];
+            foreach (long start in new[] { m.PositionAfterHeader - padded, m.PositionAfterHeader })
+            {
+                if (start < 512) continue;
+                _fs.Position = start - 512;
+                if (StreamUtil.ReadFull(_fs, h) != 512) continue;
+                if ((h[124] & 0x80) != 0 || ParseOctal(h.Slice(124, 12)) == m.Length) return start;
+            }
+            throw new MelangeException(ErrorKind.InvalidData, "CorruptImage", $"The image archive '{DisplayPath}' could not be read (a member's data was not found).",
+                "Re-create the archive.", DisplayPath);
+        }
+
+        static long ParseOctal(ReadOnlySpan<byte> f)
+        {
+            long v = 0;
+            foreach (byte c in f)
+            {
+                if (c is >= (byte)'0' and <= (byte)'7') v = v * 8 + (c - '0');
+                else if (c is (byte)' ' or 0) { if (v != 0) break; }
+                else return -1;
+            }
+            return v;
+        }
 
         public JsonDocument ReadJson(string digestOrName)
         {
@@ -396,7 +429,7 @@ internal sealed class DigestCheckingStream : Tar.ReadOnlyWrapper
         else if (digest != null && digest.StartsWith("sha512:", StringComparison.Ordinal)) _hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA512);
     }
 
-    public override int Read(Span<byte> buffer)
+    protected override int ReadCore(Span<byte> buffer)
     {
         int n = _inner.Read(buffer);
         _hash?.AppendData(buffer[..n]);

@@ -94,7 +94,7 @@ internal sealed class PaxWriter
             while (left > 0)
             {
                 int n = data.Read(buf, 0, (int)Math.Min(buf.Length, left));
-                if (n == 0) throw new IOException($"'{name}' ended after {size - left} of {size} bytes (did it change while it was read?).");
+                if (n == 0) throw new EndOfStreamException($"'{name}' ended after {size - left} of {size} bytes (did it change while it was read?).");
                 _out.Write(buf, 0, n);
                 left -= n;
                 ct.ThrowIfCancellationRequested();

@@ -9,13 +9,21 @@ internal abstract class ReadOnlyWrapper : Stream
     public override bool CanSeek => false;
     public override bool CanWrite => false;
     public override long Length => throw new NotSupportedException();
-    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    /// <summary>Bytes read so far (some decoders ask for it); setting it is not supported.</summary>
+    public override long Position { get => _position; set => throw new NotSupportedException(); }
+    long _position;
     public override void Flush() { }
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
     public override void SetLength(long value) => throw new NotSupportedException();
     public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
-    public abstract override int Read(Span<byte> buffer);
+    public sealed override int Read(Span<byte> buffer)
+    {
+        int n = ReadCore(buffer);
+        _position += n;
+        return n;
+    }
+    protected abstract int ReadCore(Span<byte> buffer);
     public override int ReadByte() { Span<byte> b = stackalloc byte[1]; return Read(b) == 1 ? b[0] : -1; }
 }
 
@@ -34,7 +42,7 @@ internal sealed class CountingStream : ReadOnlyWrapper
 
     public long BytesRead { get; private set; }
 
-    public override int Read(Span<byte> buffer)
+    protected override int ReadCore(Span<byte> buffer)
     {
         int n = _inner.Read(buffer);
         BytesRead += n;
@@ -59,7 +67,7 @@ internal sealed class PrefixedStream : ReadOnlyWrapper
 
     public PrefixedStream(byte[] prefix, int length, Stream inner) { _prefix = prefix; _len = length; _inner = inner; }
 
-    public override int Read(Span<byte> buffer)
+    protected override int ReadCore(Span<byte> buffer)
     {
         if (_pos < _len)
         {
@@ -83,10 +91,10 @@ internal sealed class WindowStream : ReadOnlyWrapper
 
     public WindowStream(Stream file, long offset, long length) { _file = file; _pos = offset; _end = offset + length; }
 
-    public override int Read(Span<byte> buffer)
+    protected override int ReadCore(Span<byte> buffer)
     {
         long left = _end - _pos;
-        if (left <= 0) return 0;
+        if (left <= 0 || buffer.Length == 0) return 0;
         if (buffer.Length > left) buffer = buffer[..(int)left];
         _file.Position = _pos;
         int n = _file.Read(buffer);
@@ -119,7 +127,7 @@ internal sealed class RecordingStream : ReadOnlyWrapper
     public void StartRecording() { Recording = true; RecordedLength = 0; Overflowed = false; RecordStart = Position64; }
     public void StopRecording() => Recording = false;
 
-    public override int Read(Span<byte> buffer)
+    protected override int ReadCore(Span<byte> buffer)
     {
         int n = _inner.Read(buffer);
         if (Recording && n > 0 && !Overflowed)

@@ -48,7 +48,7 @@ internal sealed unsafe class ZstdNativeStream : ReadOnlyWrapper
         _in = ArrayPool<byte>.Shared.Rent(1 << 17);
     }
 
-    public override int Read(Span<byte> buffer)
+    protected override int ReadCore(Span<byte> buffer)
     {
         ObjectDisposedException.ThrowIf(_ctx == 0, this);
         if (buffer.Length == 0) return 0;

@@ -35,13 +35,12 @@ internal sealed class PipelineEventSink : IEventSink, IDisposable
     public void StandardError(string line) => Post(() => _cmdlet.WriteInformation(
         new HostInformationMessage { Message = line, NoNewLine = false }, new[] { "PSHOST", "stderr" }));
 
+    // Late events (a background thread still talking after the cmdlet ended) are dropped.
     private void Post(Action write)
     {
-        if (!_queue.IsAddingCompleted)
-        {
-            try { _queue.Add(write); }
-            catch (InvalidOperationException) { /* completed meanwhile: the work is over */ }
-        }
+        try { _queue.Add(write); }
+        catch (ObjectDisposedException) { /* the cmdlet has ended */ }
+        catch (InvalidOperationException) { /* adding completed: the work is over */ }
     }
 
     /// <summary>Runs <paramref name="work"/> in the background, writing its events here until it ends.</summary>

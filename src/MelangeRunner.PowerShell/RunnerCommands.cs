@@ -16,17 +16,10 @@ public sealed class GetMelangeRunnerCommand : MelangeCmdlet
     {
         foreach (var name in Name ?? Runners.All.ToArray())
         {
-            var runner = RegistryOrThrow(name);
-            var info = runner.Probe();
+            var info = RunnerRegistry.Get(name).Probe();
             WriteVerbose($"{info.Name}: {(info.IsUsable ? "usable" : "not usable: " + info.Reason)}");
             WriteObject(info);
         }
-    }
-
-    private IRunner RegistryOrThrow(string name)
-    {
-        try { return RunnerRegistry.Get(name); }
-        catch (MelangeException e) { ThrowEngineError(e); throw; }
     }
 }
 

@@ -1,0 +1,131 @@
+using System.Runtime.InteropServices;
+
+namespace MelangeRunner.Qemu;
+
+/// <summary>
+/// What the host can give a VM: CPUs and memory as the cgroup narrows them, and whether KVM
+/// is usable. The precedence rules are melange's (effectiveCPU / effectiveMemoryKB).
+/// </summary>
+public static class HostResources
+{
+    /// <summary>vCPUs when neither the user nor a cgroup sets a number (a shared runner must not hand out every core).</summary>
+    public const int CpuFallbackCap = 2;
+
+    /// <summary>Memory (KiB) when neither the user nor a cgroup sets it: 4 GiB.</summary>
+    public const long MemoryFallbackCapKiB = 4L * 1024 * 1024;
+
+    /// <summary>
+    /// The user's vCPUs capped by the cgroup-narrowed host; else the cgroup limit; else
+    /// min(host, 2).
+    /// </summary>
+    public static int EffectiveCpu(int configCpu, int cgroupCpu, int hostCpu)
+    {
+        var cgroupNarrows = cgroupCpu > 0 && cgroupCpu < hostCpu;
+        var effectiveHost = cgroupNarrows ? cgroupCpu : hostCpu;
+        if (configCpu > 0) return effectiveHost > 0 && effectiveHost < configCpu ? effectiveHost : configCpu;
+        if (cgroupNarrows) return cgroupCpu;
+        return Math.Min(hostCpu, CpuFallbackCap);
+    }
+
+    /// <summary>
+    /// The user's memory capped by the host budget (85% of what is available, cgroup-aware);
+    /// else that budget when a cgroup drives it; else min(budget, 4 GiB).
+    /// </summary>
+    public static long EffectiveMemoryKiB(long configKiB, long hostScaledKiB, long cgroupKiB)
+    {
+        if (configKiB > 0) return hostScaledKiB > 0 && hostScaledKiB < configKiB ? hostScaledKiB : configKiB;
+        if (cgroupKiB > 0) return hostScaledKiB;
+        return Math.Min(hostScaledKiB, MemoryFallbackCapKiB);
+    }
+
+    /// <summary>Whole CPUs of the cgroup quota (v2 cpu.max, else v1 cfs quota/period); 0 when unlimited.</summary>
+    public static int CgroupCpuLimit(string cgroupRoot = "/sys/fs/cgroup")
+    {
+        var v2 = ReadTrimmed(Path.Combine(cgroupRoot, "cpu.max"));
+        if (v2 is not null && !v2.StartsWith("max", StringComparison.Ordinal))
+        {
+            var parts = v2.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+            if (parts.Length == 2 && long.TryParse(parts[0], out var quota) && long.TryParse(parts[1], out var period) && quota > 0 && period > 0)
+                return (int)Math.Max(quota / period, 1);
+        }
+        if (long.TryParse(ReadTrimmed(Path.Combine(cgroupRoot, "cpu/cpu.cfs_quota_us")), out var q1) &&
+            long.TryParse(ReadTrimmed(Path.Combine(cgroupRoot, "cpu/cpu.cfs_period_us")), out var p1) && q1 > 0 && p1 > 0)
+            return (int)Math.Max(q1 / p1, 1);
+        return 0;
+    }
+
+    /// <summary>The cgroup memory limit in KiB (v2 memory.max, else v1 limit_in_bytes); 0 when unlimited.</summary>
+    public static long CgroupMemoryLimitKiB(string cgroupRoot = "/sys/fs/cgroup")
+    {
+        var v2 = ReadTrimmed(Path.Combine(cgroupRoot, "memory.max"));
+        if (v2 is not null && v2 != "max" && long.TryParse(v2, out var bytes) && bytes > 0) return bytes / 1024;
+        // cgroup v1 reports a huge number when unlimited.
+        if (long.TryParse(ReadTrimmed(Path.Combine(cgroupRoot, "memory/memory.limit_in_bytes")), out var v1) && v1 > 0 && v1 < (1L << 50))
+            return v1 / 1024;
+        return 0;
+    }
+
+    /// <summary>Memory available to this process in KiB: the cgroup limit, else MemAvailable, else free+buffers+cached.</summary>
+    public static long AvailableMemoryKiB(string cgroupRoot = "/sys/fs/cgroup", string meminfo = "/proc/meminfo")
+    {
+        var cgroup = CgroupMemoryLimitKiB(cgroupRoot);
+        if (cgroup > 0) return cgroup;
+        var fields = new Dictionary<string, long>();
+        try
+        {
+            foreach (var line in File.ReadLines(meminfo))
+            {
+                var parts = line.Split(':', 2);
+                if (parts.Length == 2 && long.TryParse(parts[1].Trim().Split(' ')[0], out var kib)) fields[parts[0]] = kib;
+            }
+        }
+        catch (IOException)
+        {
+            return 16_000_000;
+        }
+        if (fields.TryGetValue("MemAvailable", out var available)) return available;
+        var free = fields.GetValueOrDefault("MemFree") + fields.GetValueOrDefault("Buffers") + fields.GetValueOrDefault("Cached");
+        return free > 0 ? free : 16_000_000;
+    }
+
+    /// <summary>
+    /// Whether KVM can run a VM here: /dev/kvm opens read-write and creates a VM. A device
+    /// node alone is not enough (nested hosts may expose one that cannot create VMs).
+    /// </summary>
+    public static bool KvmUsable()
+    {
+        var fd = Open("/dev/kvm", O_RDWR | O_CLOEXEC);
+        if (fd < 0) return false;
+        try
+        {
+            var vm = Ioctl(fd, KVM_CREATE_VM, IntPtr.Zero);
+            if (vm < 0) return false;
+            Close(vm);
+            return true;
+        }
+        finally
+        {
+            Close(fd);
+        }
+    }
+
+    private static string? ReadTrimmed(string path)
+    {
+        try { return File.ReadAllText(path).Trim(); }
+        catch (IOException) { return null; }
+        catch (UnauthorizedAccessException) { return null; }
+    }
+
+    private const int O_RDWR = 2;
+    private const int O_CLOEXEC = 0x80000;
+    private const ulong KVM_CREATE_VM = 0xAE01;
+
+    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+    private static extern int Open(string path, int flags);
+
+    [DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    private static extern int Ioctl(int fd, ulong request, IntPtr arg);
+
+    [DllImport("libc", EntryPoint = "close")]
+    private static extern int Close(int fd);
+}

@@ -22,6 +22,8 @@
         'Export-MelangeWorkspace'
         'Get-MelangeReleaseData'
         'Stop-MelangePod'
+        'New-MelangeInitramfs'
+        'Get-MelangeMicrovmConfig'
     )
     FunctionsToExport    = @()
     AliasesToExport      = @()

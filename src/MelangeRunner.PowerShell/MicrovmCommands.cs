@@ -1,0 +1,75 @@
+using System.Management.Automation;
+using MelangeRunner.Qemu.Initramfs;
+
+namespace MelangeRunner.PowerShell;
+
+/// <summary>New-MelangeInitramfs: melange's GenerateBaseInitramfs, from the host's programs.</summary>
+[Cmdlet(VerbsCommon.New, "MelangeInitramfs")]
+[OutputType(typeof(FileInfo))]
+public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
+{
+    /// <summary>The initramfs file to write (a cpio newc archive).</summary>
+    [Parameter(Mandatory = true, Position = 0)]
+    [Alias("Path")]
+    public string OutputPath { get; set; } = "";
+
+    /// <summary>The architecture (x86_64 or aarch64); it must be the host's. Default: the host's.</summary>
+    [Parameter]
+    public string? Arch { get; set; }
+
+    /// <summary>The init package; only the built-in melange-runner-init exists.</summary>
+    [Parameter]
+    public string? Package { get; set; }
+
+    /// <summary>APK repositories (accepted for melange compatibility; not used).</summary>
+    [Parameter]
+    public string[]? Repository { get; set; }
+
+    /// <summary>Debian packages installed on the host, or programs on PATH, to add.</summary>
+    [Parameter]
+    public string[]? AdditionalPackage { get; set; }
+
+    /// <summary>APK keys (accepted for melange compatibility; not used).</summary>
+    [Parameter]
+    public string[]? ExtraKey { get; set; }
+
+    /// <summary>A lib/modules/&lt;version&gt; tree whose guest modules to include.</summary>
+    [Parameter]
+    public string? KernelModules { get; set; }
+
+    protected override void EndProcessing()
+    {
+        var output = HostPath(OutputPath);
+        var config = MicrovmConfig.Default();
+        if (!string.IsNullOrEmpty(Package)) config.Package = Package;
+        if (Repository != null) config.Repositories.AddRange(Repository);
+        if (AdditionalPackage != null) config.AdditionalPackages.AddRange(AdditionalPackage);
+        if (ExtraKey != null) config.ExtraKeys.AddRange(ExtraKey);
+        var modules = string.IsNullOrEmpty(KernelModules) ? null : HostPath(KernelModules);
+        if (modules != null && !Directory.Exists(modules))
+        {
+            WriteEngineError(new MelangeException(ErrorKind.ObjectNotFound, "KernelModulesNotFound",
+                $"The kernel modules directory '{modules}' does not exist.",
+                "Give the lib/modules/<version> directory of the guest kernel, or omit -KernelModules.", modules), modules);
+            return;
+        }
+        try
+        {
+            var arch = string.IsNullOrEmpty(Arch) ? Images.Architecture.Host : Arch;
+            RunEngine((events, ct) => InitramfsBuilder.GenerateBaseAsync(arch, config, modules, output, events, ct));
+            WriteObject(new FileInfo(output));
+        }
+        catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+        {
+            WriteEngineError(e, output);
+        }
+    }
+}
+
+/// <summary>Get-MelangeMicrovmConfig: melange's DefaultMicrovmConfig.</summary>
+[Cmdlet(VerbsCommon.Get, "MelangeMicrovmConfig")]
+[OutputType(typeof(MicrovmConfig))]
+public sealed class GetMelangeMicrovmConfigCommand : PSCmdlet
+{
+    protected override void EndProcessing() => WriteObject(MicrovmConfig.Default());
+}

@@ -1,0 +1,622 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.RegularExpressions;
+using MelangeRunner.Images;
+
+namespace MelangeRunner.Qemu.Initramfs;
+
+/// <summary>
+/// Builds the qemu runner's guest: a cpio newc initramfs assembled from the host (busybox,
+/// OpenSSH's sshd, mke2fs, GNU tar, their libraries, the kernel modules the guest needs) with
+/// MelangeRunner's own init; caches it; and makes the per-pod copy with the SSH host key.
+/// </summary>
+public static partial class InitramfsBuilder
+{
+    /// <summary>Bumped whenever what the builder writes changes, so cached bases are rebuilt.</summary>
+    internal const string FormatVersion = "melange-runner-initramfs-1";
+
+    public const string BaseInitramfsVariable = "QEMU_BASE_INITRAMFS";
+    public const string AdditionalPackagesVariable = "QEMU_ADDITIONAL_PACKAGES";
+    public static readonly TimeSpan CacheLifetime = TimeSpan.FromHours(24);
+
+    private const string Activity = "Building the microVM initramfs";
+    private const uint InjectedInodeBase = 0x40000000;
+
+    /// <summary>A program the guest needs: where the init calls it, where the host may have it, the Debian package.</summary>
+    internal sealed record HostTool(string GuestPath, string[] HostPaths, string Package, string Why);
+
+    internal static readonly HostTool[] Tools =
+    {
+        new("/bin/busybox", new[] { "/bin/busybox", "/usr/bin/busybox" }, "busybox-static", "the guest's shell and utilities"),
+        new("/usr/sbin/sshd", new[] { "/usr/sbin/sshd" }, "openssh-server", "the guest's SSH server"),
+        new("/sbin/mke2fs", new[] { "/sbin/mke2fs", "/usr/sbin/mke2fs" }, "e2fsprogs", "formatting the scratch disk"),
+        new("/bin/tar", new[] { "/bin/tar", "/usr/bin/tar" }, "tar", "unpacking the rootfs with its xattrs and capabilities"),
+    };
+
+    [GeneratedRegex("^[a-zA-Z0-9_,.-]+$")]
+    private static partial Regex AdditionalPackagesPattern();
+
+    // ---------------------------------------------------------------------------------------
+    // Public API
+
+    /// <summary>melange's GenerateBaseInitramfs: the base initramfs (no host keys) for <paramref name="arch"/>.</summary>
+    public static Task GenerateBaseAsync(string arch, MicrovmConfig config, string? modulesDir, string outputPath, IEventSink events, CancellationToken ct) =>
+        Task.Run(() => GenerateBase(arch, config, modulesDir, outputPath, events, ct), ct);
+
+    /// <summary>
+    /// The base initramfs to boot: QEMU_BASE_INITRAMFS when set, else a cached one (24 hours,
+    /// keyed by its inputs) under $XDG_CACHE_HOME/melange-runner/initramfs/&lt;arch&gt;/, built when missing.
+    /// </summary>
+    public static Task<string> GetBaseAsync(string arch, string? modulesDir, IEventSink events, CancellationToken ct) =>
+        Task.Run(() => GetBase(arch, modulesDir, events, ct), ct);
+
+    /// <summary>
+    /// A new temporary copy of the base with the pod's SSH host key (and QEMU_KERNEL_MODULES'
+    /// modules) appended as a second cpio archive; mode 0400. Nothing is left behind on failure.
+    /// </summary>
+    public static Task<string> InjectRuntimeDataAsync(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, IEventSink events, CancellationToken ct) =>
+        Task.Run(() => InjectRuntimeData(baseInitramfs, hostPrivateKey, hostPublicKeyLine, extraModulesDir, events, ct), ct);
+
+    /// <summary>Overwrites a file with random bytes, flushes it to disk and deletes it. A missing file is fine.</summary>
+    public static void SecureDelete(string path)
+    {
+        var st = Native.Libc.LStat(path);
+        if (st == null) return;
+        if (!st.Value.IsRegular) { File.Delete(path); return; }
+        try
+        {
+            if ((st.Value.Permissions & 0x80) == 0) File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            using var f = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.None, 1);
+            long left = f.Length;
+            var buf = new byte[Math.Min(1 << 20, Math.Max(left, 1))];
+            while (left > 0)
+            {
+                int n = (int)Math.Min(buf.Length, left);
+                RandomNumberGenerator.Fill(buf.AsSpan(0, n));
+                f.Write(buf, 0, n);
+                left -= n;
+            }
+            f.Flush(flushToDisk: true);
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Base
+
+    internal static void GenerateBase(string arch, MicrovmConfig config, string? modulesDir, string outputPath, IEventSink events, CancellationToken ct)
+    {
+        var outDir = Path.GetDirectoryName(Path.GetFullPath(outputPath)) ?? "/";
+        if (!Directory.Exists(outDir))
+            throw new MelangeException(ErrorKind.ObjectNotFound, "OutputDirectoryNotFound", $"The directory '{outDir}' of the output path does not exist.",
+                "Create it first (New-Item -ItemType Directory), or choose another -OutputPath.", outputPath);
+        if (Directory.Exists(outputPath))
+            throw new MelangeException(ErrorKind.InvalidArgument, "OutputIsDirectory", $"'{outputPath}' is a directory.",
+                "Give the path of the initramfs file to write, for example ./initramfs.cpio.", outputPath);
+        CheckConfig(config, events);
+        var packages = AdditionalPackages(config, events);
+        var plan = Plan(CheckArch(arch), modulesDir, packages, events, ct);
+        WriteAtomically(outputPath, plan.Tree, events, ct);
+    }
+
+    internal static string GetBase(string arch, string? modulesDir, IEventSink events, CancellationToken ct)
+    {
+        var overridePath = Environment.GetEnvironmentVariable(BaseInitramfsVariable);
+        if (!string.IsNullOrEmpty(overridePath))
+        {
+            if (!File.Exists(overridePath))
+                throw new MelangeException(ErrorKind.ObjectNotFound, "BaseInitramfsNotFound",
+                    $"{BaseInitramfsVariable} is set to '{overridePath}', which does not exist.",
+                    $"Unset {BaseInitramfsVariable}, or point it at an initramfs made with New-MelangeInitramfs.", overridePath);
+            events.Verbose($"Using the base initramfs from {BaseInitramfsVariable}: {overridePath}");
+            return overridePath;
+        }
+        arch = CheckArch(arch);
+        var config = MicrovmConfig.Default();
+        var packages = AdditionalPackages(config, events);
+        var inputs = CacheInputsFor(arch, modulesDir, packages, events);
+        var key = ComputeCacheKey(inputs);
+        var dir = Path.Combine(CacheRoot(), "initramfs", arch);
+        Directory.CreateDirectory(dir);
+        var path = Path.Combine(dir, $"base-{key}.cpio");
+        var info = new FileInfo(path);
+        if (info.Exists && DateTime.UtcNow - info.LastWriteTimeUtc < CacheLifetime)
+        {
+            events.Verbose($"Using the cached base initramfs {path}");
+            return path;
+        }
+        events.Verbose($"Building the base initramfs {path}");
+        var plan = Plan(arch, modulesDir, packages, events, ct);
+        WriteAtomically(path, plan.Tree, events, ct);
+        PruneCache(dir, path, events);
+        return path;
+    }
+
+    /// <summary>$XDG_CACHE_HOME/melange-runner, or ~/.cache/melange-runner.</summary>
+    internal static string CacheRoot()
+    {
+        var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
+        var root = !string.IsNullOrEmpty(xdg) && Path.IsPathRooted(xdg) ? xdg
+            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
+        return Path.Combine(root, "melange-runner");
+    }
+
+    private static void PruneCache(string dir, string keep, IEventSink events)
+    {
+        foreach (var f in Directory.EnumerateFiles(dir, "base-*"))
+        {
+            if (f == keep) continue;
+            try
+            {
+                var age = DateTime.UtcNow - File.GetLastWriteTimeUtc(f);
+                if (age > CacheLifetime || (f.EndsWith(".tmp", StringComparison.Ordinal) && age > TimeSpan.FromHours(1)))
+                {
+                    File.Delete(f);
+                    events.Verbose($"Removed the stale cached initramfs {f}");
+                }
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+        }
+    }
+
+    internal static string CheckArch(string? arch)
+    {
+        var a = Architecture.Normalize(arch);
+        if (a is not ("x86_64" or "aarch64"))
+            throw new MelangeException(ErrorKind.InvalidArgument, "UnsupportedArchitecture",
+                $"The qemu runner's initramfs can be built for x86_64 or aarch64, not '{arch}'.", "Use -Arch x86_64 or -Arch aarch64.", arch);
+        if (a != Architecture.Host)
+            throw new MelangeException(ErrorKind.InvalidArgument, "ArchitectureMismatch",
+                $"The initramfs is assembled from this host's programs, which are {Architecture.Host}; it cannot be built for {a}.",
+                $"Build it on an {a} host, or omit -Arch (the default is the host's architecture).", arch);
+        return a;
+    }
+
+    private static void CheckConfig(MicrovmConfig config, IEventSink events)
+    {
+        if (!string.IsNullOrEmpty(config.Package) && config.Package != MicrovmConfig.BuiltInInit)
+            events.Warning($"The init package '{config.Package}' is not available: MelangeRunner fetches no APK packages and always uses its built-in init ({MicrovmConfig.BuiltInInit}).");
+        if (config.Repositories.Count > 0)
+            events.Warning($"Repositories ({string.Join(", ", config.Repositories)}) are ignored: the initramfs is built from the host's programs, nothing is fetched.");
+        if (config.ExtraKeys.Count > 0)
+            events.Warning("ExtraKeys are ignored: the initramfs is built from the host's programs, nothing is fetched or verified.");
+    }
+
+    /// <summary>QEMU_ADDITIONAL_PACKAGES (validated as melange does) plus the config's additional packages.</summary>
+    internal static List<string> AdditionalPackages(MicrovmConfig config, IEventSink events)
+    {
+        var result = new List<string>();
+        var env = Environment.GetEnvironmentVariable(AdditionalPackagesVariable);
+        if (!string.IsNullOrEmpty(env))
+        {
+            if (!AdditionalPackagesPattern().IsMatch(env))
+                events.Warning($"{AdditionalPackagesVariable} contains characters other than letters, digits, '_', ',', '.' and '-'; ignoring it: {env}");
+            else
+            {
+                events.Verbose($"{AdditionalPackagesVariable} is set to {env}: adding to the initramfs");
+                result.AddRange(env.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries));
+            }
+        }
+        foreach (var p in config.AdditionalPackages)
+        {
+            if (string.IsNullOrWhiteSpace(p)) continue;
+            if (!AdditionalPackagesPattern().IsMatch(p) || p.Contains(','))
+                throw new MelangeException(ErrorKind.InvalidArgument, "InvalidPackageName", $"'{p}' is not a valid package name.",
+                    "Use a Debian package name or a program name (letters, digits, '_', '.' and '-').", p);
+            result.Add(p.Trim());
+        }
+        return result.Distinct(StringComparer.Ordinal).ToList();
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Planning the tree
+
+    internal sealed record BuildPlan(InitramfsTree Tree, IReadOnlyList<string> HostFiles);
+
+    /// <summary>The host programs (full paths) the guest needs; a clear error naming the Debian packages of those missing.</summary>
+    internal static List<(HostTool Tool, string HostPath)> FindTools()
+    {
+        var found = new List<(HostTool, string)>();
+        var missing = new List<HostTool>();
+        foreach (var t in Tools)
+        {
+            var p = t.HostPaths.FirstOrDefault(File.Exists);
+            if (p == null) missing.Add(t);
+            else found.Add((t, p));
+        }
+        if (missing.Count > 0)
+            throw new MelangeException(ErrorKind.NotInstalled, "MissingHostTool",
+                "The qemu runner's initramfs is built from this host's programs and needs " +
+                string.Join("; ", missing.Select(m => $"{m.HostPaths[0]} ({m.Why}, Debian package {m.Package})")) + ", which is not installed.",
+                "Install it: sudo apt-get install -y " + string.Join(' ', missing.Select(m => m.Package).Distinct()),
+                missing[0].HostPaths[0]);
+        return found;
+    }
+
+    internal static BuildPlan Plan(string arch, string? modulesDir, IReadOnlyList<string> packages, IEventSink events, CancellationToken ct)
+    {
+        events.Progress(new ProgressReport(Activity, "Finding the host's programs and libraries", 0, null));
+        var tools = FindTools();
+        var resolver = new LibraryResolver();
+        var tree = new InitramfsTree();
+
+        // Reproduce the host's top-level links first (merged /usr: bin → usr/bin, lib → usr/lib…).
+        foreach (var top in new[] { "bin", "sbin", "lib", "lib32", "lib64", "libx32" })
+        {
+            var target = new FileInfo("/" + top).LinkTarget;
+            if (target != null) tree.AddSymlink(top, target);
+        }
+
+        var programs = tools.Select(t => t.HostPath).ToList();
+        var extraFiles = new List<string>();
+        foreach (var pkg in packages)
+        {
+            ct.ThrowIfCancellationRequested();
+            var files = PackageFiles(pkg, events);
+            foreach (var f in files)
+            {
+                var st = Native.Libc.LStat(f);
+                if (st is { IsRegular: true } && resolver.GetElf(f) != null) programs.Add(f);
+                else extraFiles.Add(f);
+            }
+        }
+
+        // Every program must be for the target machine.
+        foreach (var (tool, hostPath) in tools)
+        {
+            var elf = resolver.GetElf(hostPath);
+            if (elf == null && tool.GuestPath == "/bin/busybox")
+                throw new MelangeException(ErrorKind.InvalidData, "NotAnElfProgram", $"'{hostPath}' is not an ELF program.", "Reinstall busybox-static.", hostPath);
+            if (elf?.Arch is { } a && a != arch)
+                throw new MelangeException(ErrorKind.InvalidData, "ArchitectureMismatch", $"'{hostPath}' is a {a} program, not {arch}.", "Install the host's native package.", hostPath);
+        }
+
+        var closure = resolver.Resolve(programs);
+        events.Verbose($"The initramfs takes {closure.Count} programs and libraries: {string.Join(' ', closure)}");
+        var libcDir = closure.Select(resolver.RealPath).FirstOrDefault(p => Path.GetFileName(p).StartsWith("libc.so", StringComparison.Ordinal)) is { } libc
+            ? Path.GetDirectoryName(libc) : null;
+        foreach (var path in closure)
+        {
+            ct.ThrowIfCancellationRequested();
+            var resolved = tree.AddHostPath(path);
+            // A library found only through /etc/ld.so.conf: the guest has no ld.so.cache, so link it
+            // into the directory the loader searches by default.
+            var dir = Path.GetDirectoryName(path) ?? "/";
+            if (libcDir != null && path != closure[0] && resolver.GetElf(path) is { Interpreter: null } e
+                && Path.GetFileName(path).Contains(".so", StringComparison.Ordinal) && !LibraryResolver.DefaultDirectories(e).Contains(dir))
+                tree.AddSymlink(libcDir + "/" + Path.GetFileName(path), resolved);
+        }
+        foreach (var f in extraFiles)
+        {
+            try { tree.AddHostPath(f); }
+            catch (MelangeException e) when (e.ErrorId is "MissingHostFile" or "UnsupportedHostFile") { events.Verbose($"Skipped {f}: {e.Message}"); }
+        }
+        foreach (var (tool, hostPath) in tools)
+            if (!tree.Contains(tree.Resolve(tool.GuestPath)))
+                tree.AddSymlink(tool.GuestPath, HostPath.Walk("", hostPath, null));
+
+        // busybox's applets, where busybox says they belong, unless a real program is there (GNU tar).
+        foreach (var applet in BusyboxApplets(tools.First(t => t.Tool.GuestPath == "/bin/busybox").HostPath))
+            tree.AddSymlink(applet, "/bin/busybox");
+
+        // The guest's own files.
+        foreach (var d in new[] { "dev", "proc", "sys", "run", "run/sshd", "mount", "etc", "etc/ssh", "etc/ssh/authorized_keys", "var", "var/empty", "home", "lib/modules" })
+            tree.AddDirectory(d);
+        tree.AddDirectory("tmp", 0x3FF); // 1777
+        tree.AddDirectory("root", 0x1C0); // 0700
+        tree.AddCharDevice("dev/console", 5, 1, 0x180);
+        tree.AddCharDevice("dev/null", 1, 3, 0x1B6);
+        tree.AddData("init", GuestFile("init"), 0x1ED);
+        tree.AddData("etc/ssh/sshd_config", GuestFile("sshd_config"), 0x1A4);
+        tree.AddData("etc/passwd", Encoding.ASCII.GetBytes(
+            "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534:sshd privilege separation:/run/sshd:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"));
+        tree.AddData("etc/group", Encoding.ASCII.GetBytes("root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"));
+        tree.AddData("etc/nsswitch.conf", Encoding.ASCII.GetBytes("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n"));
+        tree.AddData("etc/hostname", Encoding.ASCII.GetBytes("melange\n"));
+        if (File.Exists("/etc/mke2fs.conf")) tree.AddHostFile("etc/mke2fs.conf", "/etc/mke2fs.conf", 0x1A4);
+
+        if (modulesDir != null) AddModules(tree, modulesDir, events, ct);
+        else events.Verbose("No kernel modules directory: the guest kernel must have what it needs built in.");
+        return new BuildPlan(tree, closure);
+    }
+
+    /// <summary>The modules the guest needs from a lib/modules/&lt;version&gt; tree, with the load list and modules.dep.</summary>
+    internal static void AddModules(InitramfsTree tree, string modulesDir, IEventSink events, CancellationToken ct)
+    {
+        modulesDir = Path.GetFullPath(modulesDir).TrimEnd('/');
+        var version = Path.GetFileName(modulesDir);
+        var depFile = Path.Combine(modulesDir, "modules.dep");
+        if (!File.Exists(depFile))
+            throw new MelangeException(ErrorKind.ObjectNotFound, "ModulesDepNotFound",
+                $"'{modulesDir}' has no modules.dep: it is not a lib/modules/<version> tree.",
+                "Give the lib/modules/<version> directory that matches the kernel (run depmod on it if modules.dep is missing).", modulesDir);
+        Dictionary<string, (string Path, IReadOnlyList<string> Deps)> dep;
+        using (var r = new StreamReader(depFile)) dep = KernelModules.ParseModulesDep(r);
+        var builtin = new HashSet<string>(StringComparer.Ordinal);
+        var builtinFile = Path.Combine(modulesDir, "modules.builtin");
+        if (File.Exists(builtinFile)) using (var r = new StreamReader(builtinFile)) builtin = KernelModules.ParseBuiltin(r);
+        var order = KernelModules.LoadOrder(dep, builtin, KernelModules.GuestModules, modulesDir, events);
+        events.Verbose($"Kernel modules {version}, in load order: {string.Join(' ', order.Select(m => m.Name))}");
+        var prefix = "lib/modules/" + version + "/";
+        tree.AddDirectory(prefix);
+        foreach (var m in order)
+        {
+            ct.ThrowIfCancellationRequested();
+            var src = Path.Combine(modulesDir, m.RelativePath);
+            if (!File.Exists(src))
+                throw new MelangeException(ErrorKind.ObjectNotFound, "KernelModuleMissing", $"modules.dep lists '{m.RelativePath}', but '{src}' does not exist.",
+                    "Reinstall the kernel's modules (the lib/modules/<version> tree is incomplete).", src);
+            var dest = prefix + KernelModules.DecompressedPath(m.RelativePath);
+            if (dest.EndsWith(".ko", StringComparison.Ordinal) && !src.EndsWith(".ko", StringComparison.Ordinal))
+                tree.AddData(dest, Decompress(src), 0x1A4);
+            else
+                tree.AddHostFile(dest, src, 0x1A4, new FileInfo(src).LastWriteTimeUtc.ToUnixTime());
+        }
+        tree.AddData(prefix + KernelModules.LoadListName, Encoding.UTF8.GetBytes(KernelModules.FormatLoadList(order, version)), 0x1A4);
+        tree.AddHostFile(prefix + "modules.dep", depFile, 0x1A4);
+    }
+
+    private static byte[] Decompress(string path)
+    {
+        using var raw = File.OpenRead(path);
+        using Stream s = path.EndsWith(".xz", StringComparison.Ordinal) ? new SharpCompress.Compressors.Xz.XZStream(raw)
+            : path.EndsWith(".zst", StringComparison.Ordinal) ? new SharpCompress.Compressors.ZStandard.DecompressionStream(raw, 1 << 20, true, false)
+            : new System.IO.Compression.GZipStream(raw, System.IO.Compression.CompressionMode.Decompress);
+        using var ms = new MemoryStream();
+        try { s.CopyTo(ms); }
+        catch (Exception e) when (e is not OperationCanceledException)
+        {
+            throw new MelangeException(ErrorKind.InvalidData, "CorruptKernelModule", $"Cannot decompress the kernel module '{path}': {e.Message}",
+                "Reinstall the kernel's modules.", path, e);
+        }
+        return ms.ToArray();
+    }
+
+    /// <summary>The files of an additional package: a Debian package installed on the host (dpkg -L), else a program on PATH.</summary>
+    internal static List<string> PackageFiles(string name, IEventSink events)
+    {
+        var dpkg = new[] { "/usr/bin/dpkg", "/bin/dpkg" }.FirstOrDefault(File.Exists);
+        if (dpkg != null)
+        {
+            var (rc, output) = RunCapture(dpkg, "-L", name);
+            if (rc == 0)
+            {
+                var files = output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
+                    .Where(l => l.StartsWith('/'))
+                    .Where(l => !(l.StartsWith("/usr/share/doc/", StringComparison.Ordinal) || l.StartsWith("/usr/share/man/", StringComparison.Ordinal)
+                        || l.StartsWith("/usr/share/info/", StringComparison.Ordinal) || l.StartsWith("/usr/share/lintian/", StringComparison.Ordinal)))
+                    .Where(l => Native.Libc.LStat(l) is { IsDirectory: false })
+                    .Distinct(StringComparer.Ordinal).Order(StringComparer.Ordinal).ToList();
+                events.Verbose($"Additional package {name}: {files.Count} files from dpkg -L");
+                return files;
+            }
+        }
+        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/local/bin:/usr/bin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var candidate = Path.Combine(dir, name);
+            if (File.Exists(candidate) && Path.IsPathRooted(candidate))
+            {
+                events.Verbose($"Additional package {name}: the program {candidate}");
+                return new List<string> { candidate };
+            }
+        }
+        throw new MelangeException(ErrorKind.NotInstalled, "AdditionalPackageNotFound",
+            $"'{name}' (from {AdditionalPackagesVariable} or -AdditionalPackage) is neither a Debian package installed on this host nor a program on PATH.",
+            $"Install it (sudo apt-get install -y {name}) or remove it from the list.", name);
+    }
+
+    /// <summary>busybox's applets with their install paths (bin/sh, usr/bin/awk, sbin/insmod…).</summary>
+    internal static List<string> BusyboxApplets(string busybox)
+    {
+        var (rc, output) = RunCapture(busybox, "--list-full");
+        var list = rc == 0 ? output.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList() : new List<string>();
+        if (list.Count == 0)
+        {
+            var (rc2, plain) = RunCapture(busybox, "--list");
+            if (rc2 != 0)
+                throw new MelangeException(ErrorKind.InvalidData, "BusyboxBroken", $"'{busybox} --list' failed.", "Reinstall busybox-static.", busybox);
+            list = plain.Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(a => "bin/" + a).ToList();
+        }
+        // The init needs these whatever busybox's build says.
+        foreach (var needed in new[] { "bin/sh", "bin/mount", "sbin/insmod", "sbin/poweroff" })
+            if (!list.Any(l => Path.GetFileName(l) == Path.GetFileName(needed))) list.Add(needed);
+        return list.Where(l => !l.Contains("..", StringComparison.Ordinal) && Path.GetFileName(l) != "busybox").Order(StringComparer.Ordinal).ToList();
+    }
+
+    private static (int ExitCode, string Output) RunCapture(string file, params string[] args)
+    {
+        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        psi.Environment["LC_ALL"] = "C";
+        using var p = Process.Start(psi) ?? throw new InvalidOperationException("Cannot start " + file);
+        var err = p.StandardError.ReadToEndAsync();
+        var output = p.StandardOutput.ReadToEnd();
+        p.WaitForExit();
+        _ = err.Result;
+        return (p.ExitCode, output);
+    }
+
+    internal static byte[] GuestFile(string name)
+    {
+        var asm = typeof(InitramfsBuilder).Assembly;
+        var resource = asm.GetManifestResourceNames().FirstOrDefault(n => n.EndsWith(".Qemu.Guest." + name, StringComparison.Ordinal))
+            ?? throw new InvalidOperationException($"The guest file '{name}' is not embedded in {asm.GetName().Name}.");
+        using var s = asm.GetManifestResourceStream(resource)!;
+        using var ms = new MemoryStream();
+        s.CopyTo(ms);
+        return ms.ToArray();
+    }
+
+    private static void WriteAtomically(string outputPath, InitramfsTree tree, IEventSink events, CancellationToken ct)
+    {
+        var full = Path.GetFullPath(outputPath);
+        var tmp = full + "." + Convert.ToHexString(RandomNumberGenerator.GetBytes(6)).ToLowerInvariant() + ".tmp";
+        long total = tree.ContentLength();
+        try
+        {
+            using (var f = new FileStream(tmp, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, BufferSize = 1 << 16, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.GroupRead | UnixFileMode.OtherRead }))
+            using (var cpio = new CpioWriter(f, leaveOpen: true))
+            {
+                long last = 0;
+                tree.WriteTo(cpio, ct, pos =>
+                {
+                    if (pos - last < 1 << 20) return;
+                    last = pos;
+                    events.Progress(new ProgressReport(Activity, $"Writing {Path.GetFileName(full)}", Math.Min(pos, total), total));
+                });
+                f.Flush(flushToDisk: true);
+            }
+            File.Move(tmp, full, overwrite: true);
+            events.Progress(new ProgressReport(Activity, "Done", total, total));
+            events.Verbose($"Wrote the initramfs {full} ({new FileInfo(full).Length} bytes, {tree.Count} entries)");
+        }
+        catch
+        {
+            try { File.Delete(tmp); } catch (IOException) { }
+            throw;
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Cache key
+
+    /// <summary>What a cached base initramfs depends on.</summary>
+    internal sealed record CacheInputs(string Arch, string? ModulesDir, string? ModulesStamp, IReadOnlyList<string> AdditionalPackages,
+        byte[] InitScript, byte[] SshdConfig, IReadOnlyList<string> HostFileStamps);
+
+    internal static CacheInputs CacheInputsFor(string arch, string? modulesDir, IReadOnlyList<string> packages, IEventSink events)
+    {
+        var tools = FindTools();
+        var resolver = new LibraryResolver();
+        var closure = resolver.Resolve(tools.Select(t => t.HostPath));
+        var stamps = closure.Append("/etc/mke2fs.conf").Select(Stamp).ToList();
+        string? modulesStamp = null;
+        if (modulesDir != null)
+        {
+            modulesDir = Path.GetFullPath(modulesDir).TrimEnd('/');
+            modulesStamp = Stamp(Path.Combine(modulesDir, "modules.dep")) + "|" + Stamp(Path.Combine(modulesDir, "modules.builtin"));
+        }
+        return new CacheInputs(arch, modulesDir, modulesStamp, packages, GuestFile("init"), GuestFile("sshd_config"), stamps);
+    }
+
+    private static string Stamp(string path)
+    {
+        var st = Native.Libc.LStat(path);
+        if (st == null) return path + ":missing";
+        var real = HostPath.Walk("", path, null);
+        var r = Native.Libc.LStat(real) ?? st.Value;
+        return string.Create(CultureInfo.InvariantCulture, $"{path}:{real}:{r.Size}:{r.MTimeSeconds}.{r.MTimeNanoseconds}");
+    }
+
+    /// <summary>A short hex digest of everything a base initramfs is built from.</summary>
+    internal static string ComputeCacheKey(CacheInputs inputs)
+    {
+        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        void Add(string? s) { h.AppendData(Encoding.UTF8.GetBytes(s ?? "\u0001null")); h.AppendData(new byte[] { 0 }); }
+        Add(FormatVersion);
+        Add(inputs.Arch);
+        Add(inputs.ModulesDir);
+        Add(inputs.ModulesDir == null ? null : Path.GetFileName(inputs.ModulesDir));
+        Add(inputs.ModulesStamp);
+        Add(string.Join(",", inputs.AdditionalPackages));
+        h.AppendData(SHA256.HashData(inputs.InitScript));
+        h.AppendData(SHA256.HashData(inputs.SshdConfig));
+        foreach (var s in inputs.HostFileStamps) Add(s);
+        return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant()[..16];
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Per pod
+
+    internal static string InjectRuntimeData(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, IEventSink events, CancellationToken ct)
+    {
+        if (!File.Exists(baseInitramfs))
+            throw new MelangeException(ErrorKind.ObjectNotFound, "BaseInitramfsNotFound", $"The base initramfs '{baseInitramfs}' does not exist.",
+                $"Check {BaseInitramfsVariable}, or let MelangeRunner build the base (unset it).", baseInitramfs);
+        InitramfsTree? modules = null;
+        if (!string.IsNullOrEmpty(extraModulesDir))
+        {
+            if (!Directory.Exists(extraModulesDir))
+                throw new MelangeException(ErrorKind.ObjectNotFound, "KernelModulesNotFound", $"QEMU_KERNEL_MODULES is set to '{extraModulesDir}', which is not a directory.",
+                    "Point QEMU_KERNEL_MODULES at the kernel's lib/modules/<version> directory, or unset it.", extraModulesDir);
+            modules = new InitramfsTree();
+            var dir = Path.GetFullPath(extraModulesDir).TrimEnd('/');
+            if (File.Exists(Path.Combine(dir, "modules.dep")))
+                AddModules(modules, dir, events, ct);
+            else
+            {
+                events.Verbose($"'{dir}' has no modules.dep: adding its whole tree, the guest has no load order for it.");
+                AddWholeTree(modules, dir, "lib/modules/" + Path.GetFileName(dir));
+            }
+        }
+
+        var path = Path.Combine(Path.GetTempPath(), "melange-initramfs-" + Convert.ToHexString(RandomNumberGenerator.GetBytes(8)).ToLowerInvariant() + ".cpio");
+        try
+        {
+            using (var f = new FileStream(path, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, BufferSize = 1 << 16, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
+            {
+                using (var b = new FileStream(baseInitramfs, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan))
+                    b.CopyTo(f);
+                // The kernel unpacks each concatenated archive in turn; the next one must start 4-byte aligned.
+                long pad = (4 - f.Length % 4) % 4;
+                if (pad > 0) f.Write(new byte[pad]);
+                using (var cpio = new CpioWriter(f, InjectedInodeBase, leaveOpen: true))
+                {
+                    cpio.WriteFile("etc/ssh/ssh_host_ed25519_key", 0x100, hostPrivateKey); // 0400
+                    var pub = hostPublicKeyLine.EndsWith('\n') ? hostPublicKeyLine : hostPublicKeyLine + "\n";
+                    cpio.WriteFile("etc/ssh/ssh_host_ed25519_key.pub", 0x1A4, Encoding.ASCII.GetBytes(pub));
+                    if (modules != null)
+                    {
+                        // Only lib/modules/<version> and below: lib and lib/modules are in the base (lib may be a link).
+                        foreach (var (key, node) in modules.Nodes)
+                        {
+                            ct.ThrowIfCancellationRequested();
+                            var k = key.StartsWith("usr/lib/modules/", StringComparison.Ordinal) ? key[4..] : key;
+                            if (!k.StartsWith("lib/modules/", StringComparison.Ordinal)) continue;
+                            switch (node)
+                            {
+                                case InitramfsTree.DirNode d: cpio.WriteDirectory(k, d.Mode, d.MTime); break;
+                                case InitramfsTree.LinkNode l: cpio.WriteSymlink(k, l.Target, l.MTime); break;
+                                case InitramfsTree.FileNode { Data: { } data } fd: cpio.WriteFile(k, fd.Mode, data, fd.MTime); break;
+                                case InitramfsTree.FileNode fh:
+                                    using (var s = new FileStream(fh.HostPath!, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.SequentialScan))
+                                        cpio.WriteFile(k, fh.Mode, s, s.Length, fh.MTime);
+                                    break;
+                            }
+                        }
+                    }
+                    cpio.Finish();
+                }
+                f.Flush(flushToDisk: true);
+            }
+            File.SetUnixFileMode(path, UnixFileMode.UserRead);
+            events.Verbose($"Per-pod initramfs {path} ({new FileInfo(path).Length} bytes): the base plus the SSH host key{(modules != null ? " and the modules of " + extraModulesDir : "")}");
+            return path;
+        }
+        catch
+        {
+            try { SecureDelete(path); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            throw;
+        }
+    }
+
+    private static void AddWholeTree(InitramfsTree tree, string dir, string prefix)
+    {
+        tree.AddDirectory(prefix);
+        var options = new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0, IgnoreInaccessible = false };
+        foreach (var entry in new DirectoryInfo(dir).EnumerateFileSystemInfos("*", options).OrderBy(e => e.FullName, StringComparer.Ordinal))
+        {
+            var rel = prefix + "/" + Path.GetRelativePath(dir, entry.FullName);
+            if (entry.LinkTarget is { } target) tree.AddSymlink(rel, target);
+            else if (entry is DirectoryInfo) tree.AddDirectory(rel);
+            else tree.AddHostFile(rel, entry.FullName, 0x1A4, entry.LastWriteTimeUtc.ToUnixTime());
+        }
+    }
+
+    private static long ToUnixTime(this DateTime utc) => new DateTimeOffset(utc).ToUnixTimeSeconds();
+}

@@ -1,53 +1,66 @@
-#Requires -Version 7.4
 <#
 .SYNOPSIS
     Turns the cmdlet pages in docs/cmdlets (one markdown file per cmdlet) into one MAML help file.
 
 .DESCRIPTION
     Binary (C#) cmdlets get Get-Help text only from a MAML file named
-    <assembly>.dll-Help.xml next to the assembly. This script writes that file from the
-    markdown pages, so the pages are the single source of the help text.
+    <assembly>.dll-Help.xml (here MelangeRunner.PowerShell.dll-Help.xml). For a module
+    imported through its manifest, Get-Help looks for it in the module base (the directory
+    of MelangeRunner.psd1) and its culture folder (en-US/), not next to an assembly in a
+    subdirectory such as bin/. This script writes that file from the markdown pages, so the
+    pages are the single source of the help text.
 
-    Each page follows a fixed, platyPS-like layout (see docs/cmdlets/README.md):
+    Each page follows a fixed, platyPS-like layout:
 
-      # Verb-Noun
-      ## SYNOPSIS            one paragraph
-      ## SYNTAX              ### <SetName> [(Default)] + a fenced block with the syntax line
-      ## DESCRIPTION         paragraphs, "- " bullet lists, fenced code
-      ## EXAMPLES            ### Example N: title + fenced code + remarks
-      ## PARAMETERS          ### -Name + description + a fenced yaml block (more than one
-                             block when Required/Position differ between parameter sets)
-                             ### CommonParameters (optional, text ignored)
-      ## INPUTS / ## OUTPUTS ### TypeName + text (or the single word None)
-      ## NOTES               paragraphs
-      ## RELATED LINKS       "- [text](target)" lines
+      # Verb-Noun                 the title; must equal the file name (Verb-Noun.md)
+      ## SYNOPSIS                 one paragraph (required)
+      ## SYNTAX                   ### <SetName> [(Default)] + one fenced block with the syntax
+                                  line (required; __AllParameterSets for a single set)
+      ## DESCRIPTION              paragraphs, "- " bullet lists, fenced code (required)
+      ## EXAMPLES                 ### Example N: title + fenced code (consecutive fences are
+                                  one code block) + remarks (required, at least one)
+      ## PARAMETERS               ### -Name + description + a fenced ```yaml block with
+                                    Type, Parameter Sets ((All) or set names), Aliases,
+                                    Accepted values, Required, Position (n or Named),
+                                    Default value, Accept pipeline input,
+                                    Accept wildcard characters
+                                  (several yaml blocks when Required/Position differ between
+                                  sets); ### CommonParameters is allowed and ignored
+      ## INPUTS / ## OUTPUTS      ### TypeName + text (### None when there is none)
+      ## NOTES                    paragraphs
+      ## RELATED LINKS            "- [text](target)" lines
 
-    The syntax block decides which parameters belong to which parameter set and in what
-    order Get-Help lists them; the yaml block gives type, position, required, aliases and
-    pipeline input. A page that breaks the layout is an error that names the file and the
-    problem. The output depends only on the pages (files read in ordinal name order,
-    UTF-8 without BOM, LF line ends), so two runs give byte-identical files.
+    Inline markdown (`code`, **bold**, [text](link)) becomes plain text; soft line breaks
+    inside a paragraph are joined. The syntax block decides which parameters belong to which
+    parameter set and in what order Get-Help lists them; the yaml block gives type,
+    position, required, aliases and pipeline input. A page that breaks the layout (a missing
+    section, a parameter named in a syntax block without a "### -Name" entry or the reverse,
+    a yaml block without Type/Parameter Sets/Required/Position) is an error that names the
+    file and the problem. The output depends only on the pages (files read in ordinal name
+    order, UTF-8 without BOM, LF line ends), so two runs give byte-identical files.
 
 .PARAMETER DocsPath
     The directory with the Verb-Noun.md pages. Files that are not named Verb-Noun.md
     (README.md, for instance) are ignored.
 
 .PARAMETER OutputPath
-    The MAML file to write, normally bin/MelangeRunner.PowerShell.dll-Help.xml.
+    The MAML file to write. Default: en-US/MelangeRunner.PowerShell.dll-Help.xml at the
+    repository root, where Get-Help finds it for the MelangeRunner.psd1 manifest.
 
 .PARAMETER PassThru
     Write the FileInfo of the generated file.
 
 .EXAMPLE
-    ./tools/New-MamlHelp.ps1 -DocsPath ./docs/cmdlets -OutputPath ./bin/MelangeRunner.PowerShell.dll-Help.xml
+    ./tools/New-MamlHelp.ps1 -DocsPath ./docs/cmdlets -OutputPath ./en-US/MelangeRunner.PowerShell.dll-Help.xml
 #>
+#Requires -Version 7.4
 [CmdletBinding()]
 param(
     [Parameter(Position = 0)]
     [string] $DocsPath = (Join-Path $PSScriptRoot '../docs/cmdlets'),
 
     [Parameter(Position = 1)]
-    [string] $OutputPath = (Join-Path $PSScriptRoot '../bin/MelangeRunner.PowerShell.dll-Help.xml'),
+    [string] $OutputPath = (Join-Path $PSScriptRoot '../en-US/MelangeRunner.PowerShell.dll-Help.xml'),
 
     [switch] $PassThru
 )
@@ -116,7 +129,11 @@ function ConvertTo-Paragraph($Lines) {
     foreach ($line in $Lines) {
         $isFence = $line.TrimStart().StartsWith('```')
         $isItem = $false
-        if ($null -eq $code -and -not $isFence) { $isItem = $line -match '^\s*([-*]|\d+\.)\s+' }
+        if ($null -eq $code -and -not $isFence) {
+            $t = $line.TrimStart()
+            # The regex only for lines that can be list items (it is the costly part of this loop).
+            if ($t.Length -gt 1 -and ($t[0] -eq '-' -or $t[0] -eq '*' -or [char]::IsDigit($t[0]))) { $isItem = $t -match '^([-*]|\d+\.)\s+' }
+        }
         # A paragraph ends at a blank line, a fence or a list item.
         if ($buffer.Count -gt 0 -and $null -eq $code -and ($isFence -or $isItem -or $line.Trim().Length -eq 0)) {
             $joined = [System.Text.StringBuilder]::new()
@@ -479,7 +496,8 @@ function Write-Command([System.Xml.XmlWriter] $W, $Page) {
 
 # --- main --------------------------------------------------------------------------------
 
-$docs = (Resolve-Path -LiteralPath $DocsPath).ProviderPath
+$docs = $ExecutionContext.SessionState.Path.GetUnresolvedProviderPathFromPSPath($DocsPath)
+if (-not [System.IO.Directory]::Exists($docs)) { throw "The docs directory '$DocsPath' does not exist." }
 $files = [string[]]@(foreach ($f in [System.IO.Directory]::GetFiles($docs, '*.md')) {
         if ([System.IO.Path]::GetFileName($f) -cmatch '^[A-Z][a-zA-Z]+-[A-Z][a-zA-Z]+\.md$') { $f }
     })

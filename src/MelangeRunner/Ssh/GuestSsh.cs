@@ -166,8 +166,13 @@ public static class GuestSsh
                 Interlocked.CompareExchange(ref sinkFailure, e, null);
                 try { run.Cancel(); } catch (ObjectDisposedException) { }
             }
+            var process = new RemoteProcess();
             var stdout = PumpLines(command.OutputStream, line => { lock (outputLock) standardOutputLine(line); }, Fail);
-            var stderr = PumpLines(command.ExtendedOutputStream, line => { lock (outputLock) standardErrorLine(line); }, Fail);
+            var stderr = PumpLines(command.ExtendedOutputStream, line =>
+            {
+                if (process.TryConsume(line)) return;
+                lock (outputLock) standardErrorLine(line);
+            }, Fail);
             using var onLost = watch.Lost.Register(() => ClosePipes(command));
             try
             {
@@ -175,6 +180,7 @@ public static class GuestSsh
             }
             catch (Exception e)
             {
+                if (run.IsCancellationRequested && !watch.IsLost) await process.KillAsync(client).ConfigureAwait(false);
                 ClosePipes(command);
                 await DrainAsync(stdout, stderr).ConfigureAwait(false);
                 if (sinkFailure is not null) ExceptionDispatchInfo.Throw(sinkFailure);
@@ -212,13 +218,19 @@ public static class GuestSsh
 
     // ----------------------------------------------------------------------------------------
 
+    /// <summary>
+    /// Starts the command. Its first standard error line is its session's process id (see
+    /// <see cref="RemoteProcess"/>), so that cancellation can end the whole process group:
+    /// SSH "signal" requests are not enough (OpenSSH ignores them for root logins, which run
+    /// without post-auth privilege separation).
+    /// </summary>
     internal static SshCommand Start(SshClient client, ConnectionWatch watch, string commandLine, CancellationToken token, out Task exec)
     {
         if (watch.IsLost || !client.IsConnected) throw Lost(client, watch, commandLine, null);
         SshCommand? command = null;
         try
         {
-            command = client.CreateCommand(commandLine, Utf8);
+            command = client.CreateCommand(RemoteProcess.Announce + commandLine, Utf8);
             exec = command.ExecuteAsync(token);
             // A command abandoned after its connection was lost must not leave an unobserved fault behind.
             _ = exec.ContinueWith(t => _ = t.Exception, CancellationToken.None, TaskContinuationOptions.OnlyOnFaulted, TaskScheduler.Default);
@@ -261,7 +273,7 @@ public static class GuestSsh
     {
         if (!watch.IsLost) watch.MarkLost(inner?.Message ?? "the SSH connection was closed");
         return new MelangeException(ErrorKind.ConnectionError, "SshConnectionLost",
-            $"The SSH connection to {Endpoint(client)} was lost while running '{Shorten(commandLine)}': {watch.Reason}.",
+            $"The SSH connection to {Endpoint(client)} was lost while running '{Shorten(commandLine)}': {watch.Reason.TrimEnd('.')}.",
             "The VM may have powered off, crashed or hung: read the guest console output; stop the pod and start a new one.",
             Endpoint(client), inner);
     }
@@ -312,6 +324,41 @@ public static class GuestSsh
             return true;
         }
         return await Task.WhenAny(both, Task.Delay(limit.Value)).ConfigureAwait(false) == both;
+    }
+
+    /// <summary>The session's process id, announced on standard error; kills its process group.</summary>
+    internal sealed class RemoteProcess
+    {
+        private const string Marker = "\u001eMELANGE-PID ";
+        // sshd and dropbear start each session with setsid(): the shell's $$ is the process group id.
+        internal const string Announce = "printf '\\036MELANGE-PID %s\\n' \"$$\" >&2; ";
+        private int _seen;
+
+        public int? Pid { get; private set; }
+
+        /// <summary>True when <paramref name="line"/> is the announcement (the first stderr line), which is then not shown.</summary>
+        public bool TryConsume(string line)
+        {
+            if (Interlocked.Exchange(ref _seen, 1) != 0) return false;
+            if (!line.StartsWith(Marker, StringComparison.Ordinal) || !int.TryParse(line.AsSpan(Marker.Length), out var pid) || pid <= 1) return false;
+            Pid = pid;
+            return true;
+        }
+
+        /// <summary>SIGTERM to the command's process group, SIGKILL 3 s later if it is still there; bounded, never throws.</summary>
+        public async Task KillAsync(SshClient client)
+        {
+            if (Pid is not { } pid || !client.IsConnected) return;
+            var kill = $"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; " +
+                       $"(sleep 3; kill -0 -- -{pid} 2>/dev/null && kill -KILL -- -{pid}) </dev/null >/dev/null 2>&1 & true";
+            try
+            {
+                using var command = client.CreateCommand(kill, Utf8);
+                using var bounded = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                await command.ExecuteAsync(bounded.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is OperationCanceledException || IsConnectionFailure(e) || e is InvalidOperationException) { }
+        }
     }
 
     private static int SignalNumber(string name) => name.ToUpperInvariant() switch

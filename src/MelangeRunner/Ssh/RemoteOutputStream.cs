@@ -21,6 +21,7 @@ internal sealed class RemoteOutputStream : Stream
     private readonly Stream _pipe;
     private readonly Task _stderrPump;
     private readonly ConcurrentQueue<string> _stderrTail = new();
+    private readonly GuestSsh.RemoteProcess _process = new();
     private readonly CancellationTokenRegistration _onLost;
     private bool _ended;
     private Exception? _failure;
@@ -46,6 +47,7 @@ internal sealed class RemoteOutputStream : Stream
         _pipe = _command.OutputStream;
         _stderrPump = GuestSsh.PumpLines(_command.ExtendedOutputStream, line =>
         {
+            if (_process.TryConsume(line)) return;
             _stderrTail.Enqueue(line);
             while (_stderrTail.Count > StderrTail) _stderrTail.TryDequeue(out _);
             standardErrorLine(line);
@@ -91,6 +93,7 @@ internal sealed class RemoteOutputStream : Stream
         }
         catch (Exception e)
         {
+            if (_callerToken.IsCancellationRequested && !_watch.IsLost) _process.KillAsync(_client).GetAwaiter().GetResult();
             if (_callerToken.IsCancellationRequested) return new OperationCanceledException("Reading the remote command's output was cancelled (SIGTERM sent).", e, _callerToken);
             return GuestSsh.Lost(_client, _watch, _commandLine, e);
         }
@@ -118,8 +121,9 @@ internal sealed class RemoteOutputStream : Stream
             _onLost.Dispose();
             if (!_exec.IsCompleted)
             {
-                // Stopped before the end: SSH.NET signals TERM to the command on cancellation.
+                // Stopped before the end: end the remote command's process group, then the channel.
                 try { _run.Cancel(); } catch (AggregateException) { }
+                if (!_watch.IsLost) _ = _process.KillAsync(_client);
             }
             GuestSsh.ClosePipes(_command);
             _ = _exec.ContinueWith(_ =>

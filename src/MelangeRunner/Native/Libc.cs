@@ -76,6 +76,20 @@ public static unsafe class Libc
     static extern int mkdir_(string path, uint mode);
     [DllImport("libc", EntryPoint = "readlink", SetLastError = true)]
     static extern nint readlink_(string path, byte* buf, nuint size);
+    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
+    static extern int open_(string path, int flags, uint mode);
+    [DllImport("libc", EntryPoint = "write", SetLastError = true)]
+    static extern nint write_(int fd, byte* buf, nuint count);
+    [DllImport("libc", EntryPoint = "close", SetLastError = true)]
+    static extern int close_(int fd);
+    [DllImport("libc", EntryPoint = "fchown", SetLastError = true)]
+    static extern int fchown_(int fd, uint owner, uint group);
+    [DllImport("libc", EntryPoint = "fchmod", SetLastError = true)]
+    static extern int fchmod_(int fd, uint mode);
+    [DllImport("libc", EntryPoint = "futimens", SetLastError = true)]
+    static extern int futimens_(int fd, Timespec* times);
+    [DllImport("libc", EntryPoint = "posix_fallocate", SetLastError = true)]
+    static extern int posix_fallocate_(int fd, long offset, long len);
     [DllImport("libc", EntryPoint = "geteuid")]
     static extern uint geteuid_();
     [DllImport("libc", EntryPoint = "umask")]
@@ -112,6 +126,47 @@ public static unsafe class Libc
     public static int Unlink(string path) => unlink_(path) == 0 ? 0 : Errno;
     public static int Mkdir(string path, uint mode) => mkdir_(path, mode & 0xFFF) == 0 ? 0 : Errno;
     public static uint Umask(uint mask) => umask_(mask);
+
+    const int O_WRONLY = 1, O_CREAT = 0x40, O_EXCL = 0x80, O_NOFOLLOW = 0x20000, O_CLOEXEC = 0x80000; // same values on x86_64 and aarch64
+
+    /// <summary>
+    /// Creates a new file for writing (O_CREAT|O_EXCL|O_NOFOLLOW: never opens an existing
+    /// file nor follows a symlink). Returns the descriptor, or -errno.
+    /// </summary>
+    public static int CreateExclusive(string path, uint mode)
+    {
+        int fd = open_(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode & 0xFFF);
+        return fd >= 0 ? fd : -Errno;
+    }
+
+    /// <summary>Writes the whole span; returns 0 or the errno.</summary>
+    public static int WriteAll(int fd, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* p = data)
+        {
+            int done = 0;
+            while (done < data.Length)
+            {
+                nint n = write_(fd, p + done, (nuint)(data.Length - done));
+                if (n < 0) { int e = Errno; if (e == 4 /* EINTR */) continue; return e; }
+                done += (int)n;
+            }
+        }
+        return 0;
+    }
+
+    public static int Close(int fd) => close_(fd) == 0 ? 0 : Errno;
+    public static int FChown(int fd, uint uid, uint gid) => fchown_(fd, uid, gid) == 0 ? 0 : Errno;
+    public static int FChmod(int fd, uint mode) => fchmod_(fd, mode & 0xFFF) == 0 ? 0 : Errno;
+    public static int Fallocate(int fd, long length) => posix_fallocate_(fd, 0, length); // returns the error number itself
+
+    public static int FSetTimes(int fd, long seconds, long nanoseconds)
+    {
+        Timespec* t = stackalloc Timespec[2];
+        t[0] = new Timespec { Sec = seconds, Nsec = nanoseconds };
+        t[1] = t[0];
+        return futimens_(fd, t) == 0 ? 0 : Errno;
+    }
 
     /// <summary>Sets atime and mtime of the path itself (a symlink is not followed).</summary>
     public static int SetTimes(string path, long seconds, long nanoseconds)

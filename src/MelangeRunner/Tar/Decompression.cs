@@ -24,10 +24,11 @@ public static class Decompression
         switch (compression)
         {
             case "none": return prefixed;
-            case "gzip": return new GZipStream(prefixed, CompressionMode.Decompress); // reads concatenated members too
-            case "zstd": return ZstdNativeStream.IsAvailable ? new ZstdNativeStream(prefixed) : new SharpCompress.Compressors.ZStandard.DecompressionStream(prefixed, 1 << 20, true, false);
-            case "xz": return new XZStream(prefixed);
-            case "bzip2": return BZip2Stream.Create(prefixed, SharpCompress.Compressors.CompressionMode.Decompress, true, false, false);
+            // Decoders run on their own thread (ReadAheadStream) so that decompressing and writing overlap.
+            case "gzip": return new ReadAheadStream(new GZipStream(prefixed, CompressionMode.Decompress)); // reads concatenated members too
+            case "zstd": return new ReadAheadStream(ZstdNativeStream.IsAvailable ? new ZstdNativeStream(prefixed) : new SharpCompress.Compressors.ZStandard.DecompressionStream(prefixed, 1 << 20, true, false));
+            case "xz": return new ReadAheadStream(new XZStream(prefixed));
+            case "bzip2": return new ReadAheadStream(BZip2Stream.Create(prefixed, SharpCompress.Compressors.CompressionMode.Decompress, true, false, false));
         }
         prefixed.Dispose();
         throw new MelangeException(ErrorKind.InvalidData, "UnknownImageFormat",

@@ -17,10 +17,12 @@ kernel that this script put in the cache. This script:
        ${XDG_CACHE_HOME:-~/.cache}/melange-runner/kernel/<arch>/<version>/
      (boot/vmlinuz-<version> and lib/modules/<version>), writes melange-kernel.json there
      (the marker the runner looks for), and deletes the .deb.
-  4. on x86_64, extracts the uncompressed ELF kernel (vmlinux, booted through its PVH
-     entry: about 3 s less per boot under TCG) once, through the built module
-     (bin/, see build.ps1). When the module is not built, nothing is lost: the runner
-     extracts it at the first boot and caches it at the same place.
+  4. writes lib/modules/<version>/modules.dep, which the package does not ship (its
+     postinst runs depmod): with depmod when kmod is installed, else through the engine.
+  5. on x86_64, extracts the uncompressed ELF kernel (boot/vmlinux-<version>, booted
+     through its PVH entry: about 3 s less per boot under TCG) once, through the built
+     module (bin/, see build.ps1); it needs xz (xz-utils). When the module is not built,
+     nothing is lost: the runner does steps 4 and 5 at the first boot, once, at the same place.
 
 It is idempotent: when the current kernel is already in the cache, nothing is downloaded.
 The output is the path of the kernel image (boot/vmlinuz-<version>).
@@ -129,11 +131,14 @@ if (-not $resolved) {
     }
     if (-not $resolved) {
         $cached = @(Get-ChildItem -Path $archDir -Directory -ErrorAction Ignore |
-                Where-Object { Test-Path (Join-Path $_.FullName $MarkerName) })
-        $hint = if ($cached) { " (the cache already holds: $($cached.Name -join ', '); the runner will use the newest)" } else { '' }
+                Where-Object { Test-Path (Join-Path $_.FullName $MarkerName) } | Sort-Object Name -Descending)
         $run = if ($isRoot) { 'apt-get update' } else { 'sudo apt-get update' }
         $foreign = if ($pkgSuffix) { "sudo dpkg --add-architecture $debArch && " } else { '' }
-        throw "apt does not know the package '$meta$pkgSuffix', so the kernel to fetch cannot be resolved$hint. Run: $foreign$run, then run this script again."
+        if (-not $cached) {
+            throw "apt does not know the package '$meta$pkgSuffix' (no package lists?), so the kernel to fetch cannot be resolved. Run: $foreign$run, then run this script again."
+        }
+        Write-Warning "apt does not know '$meta$pkgSuffix' (run: $foreign$run to check for a newer kernel); using the cached $($cached[0].Name)."
+        $resolved = [pscustomobject]@{ Package = "linux-image-$($cached[0].Name)"; Version = $cached[0].Name }
     }
 }
 $version = $resolved.Version
@@ -176,9 +181,12 @@ else {
             $null = New-Item -ItemType Directory -Force -Path (Join-Path $staging 'lib/modules')
             $null = New-Item -ItemType SymbolicLink -Path $modules -Target "../../usr/lib/modules/$version"
         }
-        if (-not (Test-Path -LiteralPath (Join-Path $modules 'modules.dep'))) {
-            Write-Warning "lib/modules/$version/modules.dep is missing from the package; the guest may not load its modules."
-        }
+        # The package ships no modules.dep (its postinst runs depmod); the guest's module order
+        # comes from it. depmod when kmod is installed, else the engine writes it (below, or
+        # the runner at the first boot).
+        $depmod = Get-Command depmod -CommandType Application -ErrorAction Ignore
+        if (-not $depmod) { $depmod = @('/usr/sbin/depmod', '/sbin/depmod') | Where-Object { Test-Path $_ } | Select-Object -First 1 }
+        if ($depmod) { Invoke-Native "$depmod" -ArgumentList @('-b', $staging, $version) | Out-Null }
         $sha = (Get-FileHash -LiteralPath $stagedImage -Algorithm SHA256).Hash.ToLowerInvariant()
         [ordered]@{
             version        = $version
@@ -205,26 +213,43 @@ else {
     }
 }
 
-# --- the uncompressed ELF kernel (x86 only) -------------------------------------------------------
-if ($Arch -eq 'x86_64' -and -not $NoExtract) {
+# --- modules.dep and the uncompressed ELF kernel, through the built module ----------------------------
+$modulesDir = Join-Path $entry "lib/modules/$version"
+$needDep = (Test-Path -LiteralPath $modulesDir) -and -not (Test-Path -LiteralPath (Join-Path $modulesDir 'modules.dep'))
+$needElf = $Arch -eq 'x86_64' -and -not $NoExtract
+if ($needDep -or $needElf) {
     $manifest = Join-Path (Split-Path -Parent $PSScriptRoot) 'MelangeRunner.psd1'
     $engine = Join-Path (Split-Path -Parent $PSScriptRoot) 'bin/MelangeRunner.dll'
+    $loaded = $false
     if ((Test-Path -LiteralPath $manifest) -and (Test-Path -LiteralPath $engine)) {
         try {
             Import-Module $manifest -ErrorAction Stop
-            $extractor = 'MelangeRunner.Qemu.Kernel.VmlinuxExtractor' -as [type]
-            if (-not $extractor) { throw 'the built module has no VmlinuxExtractor (rebuild with: dotnet pwsh ./build.ps1 Build)' }
-            $sw = [Diagnostics.Stopwatch]::StartNew()
-            $vmlinux = $extractor::GetOrExtract($image, [MelangeRunner.NullEventSink]::Instance)
-            if ($vmlinux) { Write-Host "Uncompressed kernel (booted directly): $vmlinux ($([math]::Round($sw.Elapsed.TotalSeconds, 1)) s)" }
-            else { Write-Warning "No bootable uncompressed kernel could be extracted from $image; the runner boots the compressed image (about 3 s slower under TCG)." }
+            $loaded = [bool]('MelangeRunner.Qemu.Kernel.VmlinuxExtractor' -as [type])
+            if (-not $loaded) { Write-Warning 'The built module predates the kernel code (rebuild: dotnet pwsh ./build.ps1 Build).' }
         }
-        catch {
-            Write-Warning "Could not extract the uncompressed kernel now ($($_.Exception.Message)); the runner will do it at the first boot."
-        }
+        catch { Write-Warning "Could not import the module ($($_.Exception.Message))." }
+    }
+    if (-not $loaded) {
+        Write-Host 'The module is not built (dotnet pwsh ./build.ps1 Build): the runner does the rest at the first boot (modules.dep, the uncompressed kernel), once.'
     }
     else {
-        Write-Host 'The module is not built (dotnet pwsh ./build.ps1 Build): the runner extracts the uncompressed kernel at the first boot.'
+        if ($needDep) {
+            try {
+                $count = 0
+                $text = [MelangeRunner.Qemu.Kernel.ModulesDep]::Generate($modulesDir, [ref]$count)
+                $dep = Join-Path $modulesDir 'modules.dep'
+                [IO.File]::WriteAllText("$dep.tmp-$PID", $text)
+                Move-Item -LiteralPath "$dep.tmp-$PID" -Destination $dep -Force
+                Write-Host "Wrote $dep ($count modules; no depmod on this host)."
+            }
+            catch { Write-Warning "Could not write $modulesDir/modules.dep ($($_.Exception.GetBaseException().Message)); the runner tries again at the first boot." }
+        }
+        if ($needElf) {
+            $sw = [Diagnostics.Stopwatch]::StartNew()
+            $vmlinux = [MelangeRunner.Qemu.Kernel.VmlinuxExtractor]::GetOrExtract($image, [MelangeRunner.NullEventSink]::Instance)
+            if ($vmlinux) { Write-Host "Uncompressed kernel, booted directly through its PVH entry: $vmlinux ($([math]::Round($sw.Elapsed.TotalSeconds, 1)) s)" }
+            else { Write-Warning "No bootable uncompressed kernel could be extracted from $image; the runner boots the compressed image (about 3 s slower under TCG)." }
+        }
     }
 }
 

@@ -34,11 +34,22 @@ $Bin = Join-Path $Root 'bin'
 $env:DOTNET_CLI_TELEMETRY_OPTOUT = '1'
 $env:DOTNET_NOLOGO = '1'
 
-# The host programs each task needs, and the Debian/Ubuntu package that provides each.
+# The host programs the tasks need (by path), and the Debian/Ubuntu package that provides each.
 $HostPackages = [ordered]@{
-    bwrap   = 'bubblewrap'
-    busybox = 'busybox-static'
+    '/usr/bin/bwrap'              = 'bubblewrap'
+    '/bin/busybox'                = 'busybox-static'
+    '/usr/bin/qemu-system-x86_64' = 'qemu-system-x86'
+    '/usr/sbin/sshd'              = 'openssh-server'
+    '/usr/bin/ssh'                = 'openssh-client'
+    '/sbin/mke2fs'                = 'e2fsprogs'
+    '/bin/tar'                    = 'tar'
+    '/usr/bin/cpio'               = 'cpio'
+    '/usr/bin/zstd'               = 'zstd'
+    '/usr/bin/xz'                 = 'xz-utils'
+    '/bin/bzip2'                  = 'bzip2'
 }
+$DemoPackages = '/usr/bin/bwrap', '/bin/busybox'
+$TestPackages = @($HostPackages.Keys)
 
 function Invoke-Native {
     param([Parameter(Mandatory)][string]$FilePath, [string[]]$ArgumentList = @())
@@ -48,12 +59,8 @@ function Invoke-Native {
 }
 
 function Install-HostPackage {
-    param([string[]]$Command)
-    $missing = @($Command | Where-Object { -not (Get-Command $_ -CommandType Application -ErrorAction Ignore) } |
-            ForEach-Object { $HostPackages[$_] } | Select-Object -Unique)
-    if ($Command -contains 'busybox' -and -not (Test-Path /bin/busybox) -and $missing -notcontains 'busybox-static') {
-        $missing += 'busybox-static'
-    }
+    param([string[]]$Path)
+    $missing = @($Path | Where-Object { -not (Test-Path -LiteralPath $_) } | ForEach-Object { $HostPackages[$_] } | Select-Object -Unique)
     if (-not $missing) { return }
     $install = "apt-get install -y --no-install-recommends $($missing -join ' ')"
     $isRoot = (& id -u) -eq '0'
@@ -81,7 +88,8 @@ function Invoke-BuildTask {
     Copy-Item -Force -Path (Join-Path $psOut 'MelangeRunner.PowerShell.dll') -Destination $Bin
     $helpScript = Join-Path $Root 'tools/New-MamlHelp.ps1'
     if (Test-Path $helpScript) {
-        & $helpScript -DocsPath (Join-Path $Root 'docs/cmdlets') -OutputPath (Join-Path $Bin 'MelangeRunner.PowerShell.dll-Help.xml')
+        # Get-Help reads a binary module's help from en-US/ beside the manifest, not beside the assembly.
+        & $helpScript -DocsPath (Join-Path $Root 'docs/cmdlets') -OutputPath (Join-Path $Root 'en-US/MelangeRunner.PowerShell.dll-Help.xml')
     }
     Write-Host "Built MelangeRunner into $Bin"
 }
@@ -92,8 +100,10 @@ function Get-NuGetPackageRoot {
 }
 
 function Invoke-TestTask {
-    Install-HostPackage bwrap, busybox
+    Install-HostPackage $TestPackages
     Invoke-BuildTask
+    # The qemu tests boot Debian's kernel: fetch it once (the README's documented step).
+    & (Join-Path $Root 'tools/Get-MelangeKernel.ps1')
     Invoke-Native dotnet @('restore', "$Root/tools/test-packages/test-packages.csproj", '--nologo', '-v', 'quiet')
 
     # Engine tests (xunit); counts come from the TRX report.
@@ -131,13 +141,13 @@ function Invoke-TestTask {
 }
 
 function Invoke-DemoTask {
-    Install-HostPackage bwrap, busybox
+    Install-HostPackage $DemoPackages
     Invoke-BuildTask
     & (Join-Path $Root 'tools/Invoke-Demo.ps1')
 }
 
 function Invoke-BenchTask {
-    Install-HostPackage bwrap, busybox
+    Install-HostPackage $TestPackages
     Invoke-BuildTask
     & (Join-Path $Root 'bench/Invoke-Benchmarks.ps1')
 }

@@ -31,7 +31,7 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
                 WriteVerbose($"Imported {image.SourceKind} {image.Source} ({image.Arch}) as {image.Ref}");
                 WriteObject(image);
             }
-            catch (MelangeException e)
+            catch (Exception e) when (MelangeCmdlet.IsReportable(e))
             {
                 WriteEngineError(e, path);
             }
@@ -51,12 +51,19 @@ public sealed class RemoveMelangeImageCommand : MelangeCmdlet
         foreach (var image in Image)
         {
             if (!ShouldProcess(image.Ref, $"Remove {image.Runner} image imported from {image.Source}")) continue;
+            if (PodTracker.RunningPodsOf(image) is { Count: > 0 } pods)
+            {
+                WriteEngineError(new MelangeException(ErrorKind.InvalidOperation, "ImageInUse",
+                    $"The image {image.Ref} is in use by the running pod(s) {string.Join(", ", pods.Select(p => p.Id))}.",
+                    "Stop those pods with Stop-MelangePod first."), image);
+                continue;
+            }
             try
             {
                 var loader = RunnerRegistry.Get(image.Runner).ImageLoader;
                 RunEngine((_, ct) => loader.RemoveImageAsync(image, ct));
             }
-            catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+            catch (Exception e) when (MelangeCmdlet.IsReportable(e))
             {
                 WriteEngineError(e, image);
             }

@@ -41,6 +41,13 @@ public abstract class MelangeCmdlet : PSCmdlet, IDisposable
     protected void RunEngine(Func<IEventSink, CancellationToken, Task> work) =>
         RunEngine<bool>(async (events, ct) => { await work(events, ct).ConfigureAwait(false); return true; });
 
+    /// <summary>
+    /// Whether an exception from the engine becomes an ErrorRecord for the current item,
+    /// rather than ending the pipeline (stops and cancellations do that).
+    /// </summary>
+    internal static bool IsReportable(Exception e) =>
+        e is not (PipelineStoppedException or OperationCanceledException or OutOfMemoryException);
+
     /// <summary>A path as the user meant it: relative to the current PowerShell location.</summary>
     protected string HostPath(string path) => SessionState.Path.GetUnresolvedProviderPathFromPSPath(path);
 

@@ -36,7 +36,7 @@ public sealed class GetMelangePodPlanCommand : PodConfigCmdlet
             WriteVerbose(plan.CommandLine);
             WriteObject(plan);
         }
-        catch (MelangeException e)
+        catch (Exception e) when (IsReportable(e))
         {
             WriteEngineError(e, Image);
         }
@@ -68,7 +68,7 @@ public sealed class StartMelangePodCommand : PodConfigCmdlet
             PodTracker.Add(pod);
             WriteObject(pod);
         }
-        catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (IsReportable(e))
         {
             WriteEngineError(e, Image);
         }
@@ -98,7 +98,7 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
         {
             exitCode = RunEngine((events, ct) => Pod.RunAsync(env, Command, events, ct));
         }
-        catch (MelangeException e)
+        catch (Exception e) when (IsReportable(e))
         {
             ThrowEngineError(e, Pod);
             return;
@@ -129,7 +129,7 @@ public sealed class EnterMelangePodCommand : MelangeCmdlet
             var exitCode = RunEngine((events, ct) => Pod.DebugAsync(env, Command, events, ct));
             PodCommandHelpers.SetLastExitCode(this, exitCode);
         }
-        catch (MelangeException e)
+        catch (Exception e) when (IsReportable(e))
         {
             ThrowEngineError(e, Pod);
         }
@@ -174,7 +174,7 @@ public sealed class ExportMelangeWorkspaceCommand : MelangeCmdlet
                 WriteObject(RunEngine((events, ct) => Workspace.ExportToDirectoryAsync(Pod, path, extra, events, ct)));
             }
         }
-        catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (IsReportable(e))
         {
             WriteEngineError(e, Pod);
         }
@@ -195,7 +195,7 @@ public sealed class GetMelangeReleaseDataCommand : MelangeCmdlet
         {
             WriteObject(RunEngine((events, ct) => Pod.GetReleaseDataAsync(events, ct)));
         }
-        catch (Exception e) when (e is MelangeException or IOException)
+        catch (Exception e) when (IsReportable(e))
         {
             WriteEngineError(e, Pod);
         }
@@ -218,7 +218,7 @@ public sealed class StopMelangePodCommand : MelangeCmdlet
             {
                 RunEngine((events, ct) => pod.StopAsync(events, ct));
             }
-            catch (Exception e) when (e is MelangeException or IOException)
+            catch (Exception e) when (IsReportable(e))
             {
                 WriteEngineError(e, pod);
             }

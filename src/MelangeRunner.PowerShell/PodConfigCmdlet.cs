@@ -16,9 +16,9 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
     [Parameter]
     public string? WorkspaceDir { get; set; }
 
-    /// <summary>Bind mounts: "SOURCE:DESTINATION" strings or objects with Source and Destination.</summary>
+    /// <summary>Bind mounts: "SOURCE:DESTINATION" strings, BindMount objects, or hashtables with Source and Destination.</summary>
     [Parameter]
-    public BindMount[]? Mount { get; set; }
+    public object[]? Mount { get; set; }
 
     [Parameter]
     public IDictionary? Environment { get; set; }
@@ -74,9 +74,8 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
         if (bound.ContainsKey(nameof(PackageName))) c.PackageName = PackageName;
         if (bound.ContainsKey(nameof(WorkspaceDir))) c.WorkspaceDir = WorkspaceDir is null ? null : HostPath(WorkspaceDir);
         if (bound.ContainsKey(nameof(CacheDir))) c.CacheDir = CacheDir is null ? null : HostPath(CacheDir);
-        if (Mount is not null) c.Mounts.AddRange(Mount);
         if (Environment is not null)
-            foreach (DictionaryEntry e in Environment) c.Environment[e.Key.ToString()!] = e.Value?.ToString() ?? "";
+            foreach (var (k, v) in PodCommandHelpers.ToDictionary(Environment)!) c.Environment[k] = v;
         if (bound.ContainsKey(nameof(Networking))) c.Capabilities.Networking = Networking.IsPresent;
         if (CapAdd is not null) c.Capabilities.Add = c.Capabilities.Add.Concat(CapAdd).ToArray();
         if (CapDrop is not null) c.Capabilities.Drop = c.Capabilities.Drop.Concat(CapDrop).ToArray();
@@ -90,10 +89,11 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
         if (bound.ContainsKey(nameof(Timeout))) c.Timeout = Timeout;
         if (bound.ContainsKey(nameof(Arch))) c.Arch = Arch;
 
-        // Mount sources are host paths: relative ones are relative to the current location.
-        c.Mounts = c.Mounts.Select(m => m with { Source = HostPath(m.Source) }).ToList();
         try
         {
+            if (Mount is not null) c.Mounts.AddRange(Mount.Select(ToBindMount));
+            // Mount sources are host paths: relative ones are relative to the current location.
+            c.Mounts = c.Mounts.Select(m => m with { Source = HostPath(m.Source) }).ToList();
             c.Validate();
         }
         catch (MelangeException e)
@@ -102,4 +102,11 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
         }
         return c;
     }
+
+    private static BindMount ToBindMount(object value) => (value is PSObject p ? p.BaseObject : value) switch
+    {
+        BindMount m => m,
+        IDictionary d => new BindMount(d["Source"]?.ToString() ?? "", d["Destination"]?.ToString() ?? ""),
+        var other => BindMount.Parse(other?.ToString() ?? ""),
+    };
 }

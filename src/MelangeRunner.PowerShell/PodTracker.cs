@@ -41,6 +41,11 @@ internal static class PodTracker
         foreach (var pods in PodsByRunspace.Values) pods.TryRemove(pod.Id, out _);
     }
 
+    /// <summary>The live pods (of any runspace) started from <paramref name="image"/>.</summary>
+    public static IReadOnlyList<Pod> RunningPodsOf(ImageInfo image) =>
+        PodsByRunspace.Values.SelectMany(p => p.Values)
+            .Where(p => p.ImageRef == image.Ref && p.State is PodState.Running or PodState.Starting).ToList();
+
     public static void StopAllInCurrentRunspace() => StopAll(Runspace.DefaultRunspace?.InstanceId ?? Guid.Empty);
 
     private static void StopAll(Guid runspaceId)

@@ -111,7 +111,8 @@ public sealed class PodConfig
 
     /// <summary>
     /// Checks every field that has a format (sizes, capabilities, mounts) and throws
-    /// <see cref="MelangeException"/> naming the first that is wrong.
+    /// <see cref="MelangeException"/> naming the first that is wrong; capability names are
+    /// normalised (net_admin → CAP_NET_ADMIN).
     /// </summary>
     public void Validate()
     {
@@ -120,8 +121,8 @@ public sealed class PodConfig
         if (CPU is { Length: > 0 } && (!int.TryParse(CPU, out var cpus) || cpus < 1))
             throw new MelangeException(ErrorKind.InvalidArgument, "BadCpu",
                 $"CPU '{CPU}' is not a positive whole number of vCPUs.", "Pass -Cpu as a number such as 2.");
-        Capability.Normalize(Capabilities.Add);
-        Capability.Normalize(Capabilities.Drop);
+        Capabilities.Add = Capability.Normalize(Capabilities.Add);
+        Capabilities.Drop = Capability.Normalize(Capabilities.Drop);
         foreach (var m in Mounts)
         {
             if (string.IsNullOrEmpty(m.Source) || string.IsNullOrEmpty(m.Destination))

@@ -32,8 +32,17 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         return new RunnerInfo(Name, true, null, null);
     }
 
-    public PodPlan Plan(PodConfig config, ImageInfo image) =>
-        PlanCommand(ResolveUser(config, image), image.Ref, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
+    /// <summary>What the first command of a pod runs; without a workspace, Start-MelangePod makes one, shown as a placeholder.</summary>
+    public PodPlan Plan(PodConfig config, ImageInfo image)
+    {
+        config = ResolveUser(config, image);
+        if (string.IsNullOrEmpty(config.WorkspaceDir))
+        {
+            config = config.Clone();
+            config.WorkspaceDir = Path.Combine(Path.GetTempPath(), "melange-workspace-<new>");
+        }
+        return PlanCommand(config, image.Ref, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
+    }
 
     private static PodConfig ResolveUser(PodConfig config, ImageInfo image)
     {

@@ -124,6 +124,8 @@ public static class DirectoryTarWriter
             }
             if (h.TypeFlag == PaxWriter.File)
             {
+                // lstat said "regular file" just above; a concurrent swap for a symlink in between would be
+                // followed by this open. The trees written here (a finished workspace) are not being modified.
                 using var fs = new FileStream(full, FileMode.Open, FileAccess.Read, FileShare.ReadWrite, 0, FileOptions.SequentialScan);
                 _writer.WriteEntry(h, fs, _ct);
             }

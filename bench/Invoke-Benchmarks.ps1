@@ -53,6 +53,7 @@ $machine = [ordered]@{
     Kernel  = (& uname -r)
     OS      = ((Get-Content /etc/os-release | Where-Object { $_ -like 'PRETTY_NAME=*' }) -split '=', 2)[1].Trim('"')
     Tools   = "pwsh $($PSVersionTable.PSVersion), $(Get-FirstLine 'bwrap --version'), $(Get-FirstLine 'tar --version'), $(Get-FirstLine 'gzip --version'), $((Get-FirstLine 'zstd --version') -replace '^\*+\s*', '' -replace ',.*$', '')"
+    Source  = "$(& git -C $root rev-parse --short HEAD)$(if (& git -C $root status --porcelain -- src) { ' + uncommitted changes under src/' })"
     LoadStart = (Get-Content /proc/loadavg) -replace '^(\S+ \S+ \S+).*', '$1'
 }
 Write-Host "== Machine: $($machine.Nproc) CPUs ($($machine.CPU)), $($machine.RAM), kernel $($machine.Kernel), load $($machine.LoadStart)"
@@ -95,7 +96,7 @@ foreach ($i in $imports) {
 foreach ($i in $imports) {
     $rows.Add(('| import {0}: (a) peak RSS of the whole pwsh process (`/usr/bin/time -v`) | {1:N1} MiB | – | – | < 150 MiB | {2} |' -f
             $i.Format, ($i.ProcessPeakKiB / 1KB), (Format-Verdict ($i.ProcessPeakKiB -lt 150KB))))
-    $rows.Add(('| import {0}: (b) growth of VmHWM over the process''s baseline ({1:N1} MiB, module loaded) | {2:N1} MiB | – | – | (pwsh alone is ~{1:N0} MiB) | {3} |' -f
+    $rows.Add(('| import {0}: (b) growth of VmHWM over the process''s baseline ({1:N1} MiB, module loaded) | {2:N1} MiB | – | – | baseline + growth < 150 MiB | {3} |' -f
             $i.Format, ($i.BaselineKiB / 1KB), ($i.GrowthKiB / 1KB), (Format-Verdict (($i.BaselineKiB + $i.GrowthKiB) -lt 150KB))))
 }
 
@@ -104,7 +105,7 @@ $details = @(
     ''
     "- Date: $($machine.Date). Machine: $($machine.Nproc) CPUs ($($machine.CPU)), $($machine.RAM) RAM, kernel $($machine.Kernel), $($machine.OS)."
     "- Load average (1/5/15 min) at start $($machine.LoadStart), at end $($machine.LoadEnd) — the machine is shared; figures from the same run are comparable with each other, not across runs."
-    "- Tools: $($machine.Tools)."
+    "- Tools: $($machine.Tools). Source measured: commit $($machine.Source)."
     "- Layer: $('{0:N0}' -f ($layer.TarBytes / 1MB)) MB tar, $($layer.Files) files, $($layer.Directories) directories, $($layer.Symlinks) symlinks, $($layer.HardLinks) hard links; gzip -6 $('{0:N0}' -f ($layer.GzipBytes / 1MB)) MB, zstd -3 $('{0:N0}' -f ($layer.ZstdBytes / 1MB)) MB. Both sides extract into a fresh directory on $($imports[0].ExtractRoot) (tmpfs)."
     "- Exec, each round's total for $($exec.Count) calls (ms): Invoke-MelangePod $(& $fmt $exec.ModuleMs); bwrap from bash $(& $fmt $exec.RawMs)."
     foreach ($i in $imports) { "- Import $($i.Format), each run (ms): Import-MelangeImage $(& $fmt $i.ModuleMs); $($i.RawCommand) $(& $fmt $i.RawMs)." }

@@ -16,7 +16,7 @@ Called by `dotnet pwsh ./build.ps1 Bench` after the build (it expects bin/ to be
 
 Everything generated goes under a temporary directory that is deleted at the end. The
 results table (between the bench:results markers) of docs/benchmarks.md is rewritten unless
--NoUpdateDoc; the rest of that page is left alone. Takes about 5 minutes.
+-NoUpdateDoc; the rest of that page is left alone. Takes about 5-7 minutes.
 #>
 [CmdletBinding()]
 param(

@@ -238,6 +238,10 @@ public static partial class InitramfsBuilder
         return found;
     }
 
+    internal static IEnumerable<string> OpenSshHelpers() =>
+        new[] { "/usr/lib/openssh", "/usr/libexec/openssh", "/usr/libexec" }
+            .SelectMany(d => new[] { d + "/sshd-session", d + "/sshd-auth" }).Where(File.Exists);
+
     internal static BuildPlan Plan(string arch, string? modulesDir, IReadOnlyList<string> packages, IEventSink events, CancellationToken ct)
     {
         events.Progress(new ProgressReport(Activity, "Finding the host's programs and libraries", 0, null));
@@ -253,6 +257,8 @@ public static partial class InitramfsBuilder
         }
 
         var programs = tools.Select(t => t.HostPath).ToList();
+        // OpenSSH 9.8 and later split the server: sshd runs sshd-session (and 10.0 sshd-auth) per connection.
+        foreach (var helper in OpenSshHelpers()) programs.Add(helper);
         var extraFiles = new List<string>();
         foreach (var pkg in packages)
         {
@@ -493,7 +499,7 @@ public static partial class InitramfsBuilder
     {
         var tools = FindTools();
         var resolver = new LibraryResolver();
-        var closure = resolver.Resolve(tools.Select(t => t.HostPath));
+        var closure = resolver.Resolve(tools.Select(t => t.HostPath).Concat(OpenSshHelpers()));
         var stamps = closure.Append("/etc/mke2fs.conf").Select(Stamp).ToList();
         string? modulesStamp = null;
         if (modulesDir != null)

@@ -121,6 +121,7 @@ function Invoke-TestTask {
 
     # Module tests (Pester), in this process: one pwsh start for the whole suite.
     $env:NO_COLOR = '1'
+    $env:MELANGE_TEST_TMP = (New-Item -ItemType Directory -Path (Join-Path ([IO.Path]::GetTempPath()) "melange-tests-$PID") -Force).FullName
     Import-Module (Join-Path (Get-NuGetPackageRoot) 'pester/6.2.0/tools/Pester.psd1') -Force
     $config = New-PesterConfiguration
     $config.Run.Path = Join-Path $Root 'tests/Pester'
@@ -129,7 +130,11 @@ function Invoke-TestTask {
     $config.Output.RenderMode = 'Plaintext'
     $config.TestResult.Enabled = $true
     $config.TestResult.OutputPath = Join-Path $results 'pester.xml'
-    $pester = Invoke-Pester -Configuration $config
+    try {
+        $pester = Invoke-Pester -Configuration $config
+    } finally {
+        Remove-Item -Recurse -Force $env:MELANGE_TEST_TMP -ErrorAction Ignore
+    }
 
     $passed = $engine.Passed + $pester.PassedCount
     $failed = $engine.Failed + $pester.FailedCount + $pester.FailedBlocksCount + $pester.FailedContainersCount

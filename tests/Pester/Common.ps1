@@ -4,9 +4,11 @@ $script:RepoRoot = (Resolve-Path (Join-Path $PSScriptRoot '../..')).Path
 $script:ModuleManifest = Join-Path $script:RepoRoot 'MelangeRunner.psd1'
 Import-Module $script:ModuleManifest -Force
 
-# The busybox rootfs that the demo uses, made once per test run.
+# The busybox rootfs that the demo uses, made once per test run. build.ps1 Test points
+# MELANGE_TEST_TMP at a directory it removes afterwards.
 function Get-TestRootfs {
-    $path = Join-Path ([IO.Path]::GetTempPath()) "melange-test-rootfs-$PID.tar.gz"
+    $dir = if ($env:MELANGE_TEST_TMP) { $env:MELANGE_TEST_TMP } else { [IO.Path]::GetTempPath() }
+    $path = Join-Path $dir "melange-test-rootfs-$PID.tar.gz"
     if (-not (Test-Path $path)) {
         $null = & (Join-Path $script:RepoRoot 'tools/New-DemoRootfs.ps1') -OutputPath $path
     }

@@ -88,24 +88,63 @@ public static class HostResources
         return free > 0 ? free : 16_000_000;
     }
 
+    private static readonly Dictionary<string, bool> KvmProbes = new();
+
     /// <summary>
-    /// Whether KVM can run a VM here: /dev/kvm opens read-write and creates a VM. A device
-    /// node alone is not enough (nested hosts may expose one that cannot create VMs).
+    /// Whether KVM can run this qemu's VMs here, probed once per process. A /dev/kvm that
+    /// opens is not enough: on some nested hosts it creates VMs, yet qemu aborts setting up
+    /// the vCPU ("failed to set MSR 0x10a"). So qemu itself starts paused with KVM and the
+    /// host CPU model, and is told over QMP to quit; exit status 0 means KVM works.
     /// </summary>
-    public static bool KvmUsable()
+    public static bool KvmUsable(string qemuProgram, string machine)
+    {
+        lock (KvmProbes)
+        {
+            var key = qemuProgram + " " + machine;
+            if (!KvmProbes.TryGetValue(key, out var usable))
+                KvmProbes[key] = usable = DeviceOpens() && QemuStartsWithKvm(qemuProgram, machine);
+            return usable;
+        }
+    }
+
+    private static bool DeviceOpens()
     {
         var fd = Open("/dev/kvm", O_RDWR | O_CLOEXEC);
         if (fd < 0) return false;
+        Close(fd);
+        return true;
+    }
+
+    private static bool QemuStartsWithKvm(string qemuProgram, string machine)
+    {
+        var start = new System.Diagnostics.ProcessStartInfo(qemuProgram)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in new[] { "-accel", "kvm", "-cpu", "host", "-machine", machine, "-nodefaults", "-display", "none",
+                     "-no-user-config", "-S", "-qmp", "stdio" })
+            start.ArgumentList.Add(a);
         try
         {
-            var vm = Ioctl(fd, KVM_CREATE_VM, IntPtr.Zero);
-            if (vm < 0) return false;
-            Close(vm);
-            return true;
+            using var process = System.Diagnostics.Process.Start(start)!;
+            process.StandardInput.WriteLine("{\"execute\":\"qmp_capabilities\"}");
+            process.StandardInput.WriteLine("{\"execute\":\"quit\"}");
+            process.StandardInput.Close();
+            _ = process.StandardOutput.ReadToEndAsync();
+            _ = process.StandardError.ReadToEndAsync();
+            if (!process.WaitForExit(10_000))
+            {
+                process.Kill(entireProcessTree: true);
+                return false;
+            }
+            return process.ExitCode == 0;
         }
-        finally
+        catch (System.ComponentModel.Win32Exception)
         {
-            Close(fd);
+            return false;
         }
     }
 
@@ -118,13 +157,9 @@ public static class HostResources
 
     private const int O_RDWR = 2;
     private const int O_CLOEXEC = 0x80000;
-    private const ulong KVM_CREATE_VM = 0xAE01;
 
     [DllImport("libc", EntryPoint = "open", SetLastError = true)]
     private static extern int Open(string path, int flags);
-
-    [DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
-    private static extern int Ioctl(int fd, ulong request, IntPtr arg);
 
     [DllImport("libc", EntryPoint = "close")]
     private static extern int Close(int fd);

@@ -1,0 +1,550 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+using System.Net;
+using System.Net.Sockets;
+using System.Text;
+using MelangeRunner.Images;
+using MelangeRunner.Qemu.Initramfs;
+using MelangeRunner.Qemu.Kernel;
+using MelangeRunner.Ssh;
+using Renci.SshNet;
+
+namespace MelangeRunner.Qemu;
+
+/// <summary>
+/// melange's qemu runner: a microVM booted from a kernel and a generated initramfs, driven
+/// over SSH, the workspace copied in over 9p and streamed back as tar.
+/// </summary>
+public sealed class QemuRunner : IRunner, IDebugger
+{
+    /// <summary>melange's default scratch disk.</summary>
+    public const string DefaultDiskSize = "50Gi";
+
+    /// <summary>How long a boot may take before the SSH banner (generous: TCG on a busy 2-core host).</summary>
+    public static readonly TimeSpan DefaultBootTimeout = TimeSpan.FromMinutes(3);
+
+    private const string Loopback = "127.0.0.1";
+    private const string GuestWorkspace = "/mount" + Defaults.WorkspaceDir;
+    private static readonly TimeSpan SshConnectTimeout = TimeSpan.FromSeconds(30);
+
+    private readonly QemuImageLoader _loader = new();
+
+    public string Name => Runners.Qemu;
+
+    public IImageLoader ImageLoader => _loader;
+
+    public RunnerInfo Probe()
+    {
+        var program = QemuCommand.Program(Architecture.Host);
+        if (PodProcess.FindOnPath(program) is null)
+            return new RunnerInfo(Name, false,
+                $"{program} was not found on PATH. Install qemu (Debian/Ubuntu: sudo apt-get install qemu-system-{(Architecture.Host == "aarch64" ? "arm" : "x86")}).", null);
+        try
+        {
+            KernelLocator.Locate(Architecture.Host, NullEventSink.Instance);
+        }
+        catch (MelangeException e)
+        {
+            return new RunnerInfo(Name, false, e.Message + " " + e.Fix, null);
+        }
+        return new RunnerInfo(Name, true,
+            HostResources.KvmUsable(program, MachineForProbe(Architecture.Host)) ? null : "KVM is not usable here: VMs run under TCG (slower).", null);
+    }
+
+    /// <summary>The launch of <paramref name="config"/>, with the per-pod files named but not made.</summary>
+    public PodPlan Plan(PodConfig config, ImageInfo image)
+    {
+        var env = QemuEnvironment.Read();
+        var kernel = KernelLocator.Locate(Architecture.Normalize(config.Arch ?? image.Arch), NullEventSink.Instance);
+        var launch = Launch(config, image, env, kernel.BootPath, "<per-pod initramfs>",
+            Path.Combine(DisksDirectory(env), "<scratch disk>.img"), FreePort(), FreePort(), "<client public key>", null, false);
+        return ToPlan(launch);
+    }
+
+    private PodPlan ToPlan(QemuLaunch launch) => new()
+    {
+        Runner = Name,
+        FileName = QemuCommand.Program(launch.Arch),
+        Arguments = QemuCommand.Build(launch),
+        KernelCommandLine = QemuCommand.KernelCommandLine(launch),
+        Cpus = launch.Cpus,
+        MemoryKiB = launch.MemoryKiB,
+    };
+
+    private static QemuLaunch Launch(PodConfig config, ImageInfo image, QemuEnvironment env, string kernel, string initrd,
+        string disk, int sshPort, int controlPort, string publicKeyBase64, string? virtiofsSocket, bool kernelDebug)
+    {
+        var hostCpu = Environment.ProcessorCount;
+        var configCpu = int.TryParse(config.CPU, out var c) && c > 0 ? c : 0;
+        var hostScaled = (long)(HostResources.AvailableMemoryKiB() * 0.85);
+        var configMemory = string.IsNullOrEmpty(config.Memory) ? 0 : SizeParser.ParseToKiB(config.Memory, "memory size");
+        return new QemuLaunch
+        {
+            Arch = Architecture.Normalize(config.Arch ?? image.Arch),
+            HostArch = Architecture.Host,
+            KvmUsable = PodProcess.FindOnPath(QemuCommand.Program(Architecture.Host)) is { } qemu && HostResources.KvmUsable(qemu, MachineForProbe(Architecture.Host)),
+            Cpus = HostResources.EffectiveCpu(configCpu, HostResources.CgroupCpuLimit(), hostCpu),
+            MemoryKiB = HostResources.EffectiveMemoryKiB(configMemory, hostScaled, HostResources.CgroupMemoryLimitKiB()),
+            CpuModel = config.CPUModel,
+            SshPort = sshPort,
+            ControlPort = controlPort,
+            KernelPath = kernel,
+            InitrdPath = initrd,
+            DiskPath = disk,
+            RootfsTar = image.Ref,
+            WorkspaceDir = config.WorkspaceDir ?? "",
+            CacheDir = config.CacheDir,
+            VirtiofsSocket = virtiofsSocket,
+            ClientPublicKeyBase64 = publicKeyBase64,
+            Environment = env,
+            KernelDebug = kernelDebug,
+        };
+    }
+
+    private static string MachineForProbe(string arch) => arch == "aarch64" ? "virt" : "q35";
+
+    private static string DisksDirectory(QemuEnvironment env) => env.DisksPath ?? Path.GetTempPath();
+
+    /// <summary>A loopback port free right now (qemu binds it moments later, as in melange).</summary>
+    private static int FreePort()
+    {
+        using var listener = new TcpListener(IPAddress.Loopback, 0);
+        listener.Start();
+        return ((IPEndPoint)listener.LocalEndpoint).Port;
+    }
+
+    public async Task<Pod> StartPodAsync(PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
+    {
+        if (image.Runner != Name)
+            throw new MelangeException(ErrorKind.InvalidArgument, "WrongImageRunner",
+                $"The image {image.Ref} was imported for the {image.Runner} runner, not for {Name}.", $"Import it again with -Runner {Name}.", image);
+        if (!File.Exists(image.Ref))
+            throw new MelangeException(ErrorKind.ObjectNotFound, "ImageRemoved",
+                $"The rootfs tar {image.Ref} no longer exists.", "Import the image again with Import-MelangeImage.", image);
+
+        var env = QemuEnvironment.Read(events: events);
+        var arch = Architecture.Normalize(config.Arch ?? image.Arch);
+        var program = PodProcess.FindOnPath(QemuCommand.Program(arch)) ?? throw new MelangeException(ErrorKind.NotInstalled, "QemuNotFound",
+            $"{QemuCommand.Program(arch)} was not found on PATH.", "Install qemu: sudo apt-get install qemu-system-x86 (or qemu-system-arm).", arch);
+        var pod = new Pod(this, config, image);
+        var state = new QemuPodState();
+        pod.RunnerState = state;
+        try
+        {
+            await BootAsync(pod, state, env, arch, program, events, cancellationToken).ConfigureAwait(false);
+            pod.State = PodState.Running;
+            pod.StartedAt = DateTimeOffset.Now;
+            return pod;
+        }
+        catch
+        {
+            pod.State = PodState.Failed;
+            await CleanUpAsync(pod, state, events).ConfigureAwait(false);
+            throw;
+        }
+        finally
+        {
+            // The console keeps talking after this cmdlet ends; later lines are kept for errors only.
+            state.ConsoleSink = null;
+        }
+    }
+
+    private async Task BootAsync(Pod pod, QemuPodState state, QemuEnvironment env, string arch, string program, IEventSink events, CancellationToken ct)
+    {
+        var config = pod.Config;
+        void Step(string status, int step) => events.Progress(new ProgressReport("Starting qemu pod", status, step, 6));
+
+        Step("Locating the kernel", 0);
+        var kernel = KernelLocator.Locate(arch, events);
+        events.Verbose($"qemu: kernel {kernel.BootPath} ({kernel.Source}{(kernel.IsElf ? ", uncompressed ELF" : "")}), version {kernel.Version ?? "unknown"}");
+
+        // Keys: an ephemeral client key, and the VM's host key made here so that it can be pinned.
+        state.ClientKey = SshKeyPair.GenerateEcdsaP256();
+        using var hostKey = SshKeyPair.GenerateEd25519();
+        state.HostKeyBlob = hostKey.PublicKeyBlob;
+
+        Step("Preparing the initramfs", 1);
+        var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct).ConfigureAwait(false);
+        state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
+            hostKey.AuthorizedKeysLine, env.KernelModules, events, ct).ConfigureAwait(false);
+
+        state.DiskPath = CreateDisk(DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : DefaultDiskSize);
+
+        if (!string.IsNullOrEmpty(config.CacheDir))
+        {
+            Directory.CreateDirectory(config.CacheDir);
+            if (env.UseVirtiofs) await StartVirtiofsdAsync(pod, state, env, events, ct).ConfigureAwait(false);
+        }
+
+        var launch = Launch(config, pod.Image, env, kernel.BootPath, state.InitramfsPath, state.DiskPath, FreePort(), FreePort(),
+            Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")), state.VirtiofsSocket, env.Testing is not null);
+        pod.SshAddress = $"{Loopback}:{launch.SshPort}";
+        pod.SshControlAddress = $"{Loopback}:{launch.ControlPort}";
+        events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)}");
+
+        Step("Booting the VM", 2);
+        state.Qemu = StartQemu(program, QemuCommand.Build(launch), state, events);
+        pod.QemuPid = state.Qemu.Id;
+
+        var deadline = config.Timeout > TimeSpan.Zero && config.Timeout < DefaultBootTimeout ? config.Timeout : DefaultBootTimeout;
+        var watch = Stopwatch.StartNew();
+        try
+        {
+            await SshBanner.WaitAsync(Loopback, launch.SshPort, () => state.Qemu.HasExited, deadline, ct).ConfigureAwait(false);
+        }
+        catch (MelangeException e)
+        {
+            // Let the console pump drain what the guest said before it died.
+            if (state.Qemu.HasExited) state.Qemu.WaitForExit();
+            throw new MelangeException(e.Kind, e.ErrorId,
+                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
+                "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.", pod.Id, e);
+        }
+        events.Verbose($"qemu: SSH banner after {watch.Elapsed.TotalSeconds:F1} s");
+
+        Step("Connecting over SSH", 3);
+        var user = string.IsNullOrEmpty(config.RunAs) ? "root" : config.RunAs!;
+        pod.BuildClient = await Connect(launch.SshPort, user).ConfigureAwait(false);
+        pod.ControlClient = await Connect(launch.ControlPort, "root").ConfigureAwait(false);
+        pod.ControlBuildClient = await Connect(launch.SshPort, "root").ConfigureAwait(false);
+        foreach (var (name, client) in new[] { ("build", pod.BuildClient), ("control", pod.ControlClient), ("control-build", pod.ControlBuildClient) })
+            state.Keepalives.Add(new SshKeepalive(client, name, reason => OnVmDead(pod, state, reason)));
+
+        // The VM has read its initramfs: the host key's only copy on disk goes now.
+        InitramfsBuilder.SecureDelete(state.InitramfsPath);
+        state.InitramfsPath = null;
+
+        var kernelVersion = await CaptureAsync(pod.ControlClient, "uname -rv", events, ct).ConfigureAwait(false);
+        events.Verbose($"qemu: running kernel version: {kernelVersion.Trim()}");
+
+        Step("Mounting the cache and copying the workspace in", 4);
+        if (!string.IsNullOrEmpty(config.CacheDir))
+            await ControlAsync(pod, state.VirtiofsSocket is not null
+                ? $"mkdir -p /mount{Defaults.CacheDir} && mount -t virtiofs melange_cache /mount{Defaults.CacheDir}"
+                : $"mkdir -p {Defaults.CacheDir} /mount{Defaults.CacheDir} /mount/upper /mount/work && chmod 1777 /mount/upper && " +
+                  $"mount -t 9p -o ro,trans=virtio melange_cache {Defaults.CacheDir} && " +
+                  $"mount -t overlay overlay -o lowerdir={Defaults.CacheDir},upperdir=/mount/upper,workdir=/mount/work /mount{Defaults.CacheDir}",
+                events, ct).ConfigureAwait(false);
+
+        await ControlAsync(pod, "mkdir -p /mount/mnt && if grep -q '^defaultshare ' /proc/mounts; then mount -t 9p -o remount,ro,trans=virtio defaultshare /mount/mnt; " +
+                                "else mount -t 9p -o ro,trans=virtio defaultshare /mount/mnt; fi", events, ct).ConfigureAwait(false);
+        // As root in the chroot, then owned by the build user, so that the build can change it.
+        var copy = $"mkdir -p {Defaults.WorkspaceDir} && find /mnt/ -mindepth 1 -maxdepth 1 -exec cp -a {{}} {Defaults.WorkspaceDir}/ \\; && chown -R {ShellQuote.Quote(user)} {Defaults.WorkspaceDir}";
+        await RequireSuccess(pod, pod.ControlBuildClient, copy, events, ct).ConfigureAwait(false);
+        await ControlAsync(pod, "umount /mount/mnt", events, ct).ConfigureAwait(false);
+        Step("Ready", 6);
+
+        async Task<SshClient> Connect(int port, string login)
+        {
+            try
+            {
+                return await GuestSsh.ConnectAsync(Loopback, port, login, state.ClientKey!, state.HostKeyBlob!, SshConnectTimeout, ct).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is not MelangeException { ErrorId: "HostKeyMismatch" } and not OperationCanceledException)
+            {
+                throw new MelangeException(ErrorKind.ConnectionError, "SshLoginFailed",
+                    $"Could not log in to the VM as '{login}' on port {port}: {e.Message}",
+                    login == "root" ? "Read the guest console with -Verbose." : $"Check that the image has a user '{login}' whose shell is /bin/sh, or start the pod without -RunAs.", pod.Id, e);
+            }
+        }
+    }
+
+    private static void OnVmDead(Pod pod, QemuPodState state, string reason)
+    {
+        if (pod.State is PodState.Stopping or PodState.Stopped) return;
+        state.DeadReason ??= reason;
+        pod.State = PodState.Failed;
+    }
+
+    private static Process StartQemu(string program, string[] args, QemuPodState state, IEventSink events)
+    {
+        var start = new ProcessStartInfo(program)
+        {
+            RedirectStandardInput = true,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in args) start.ArgumentList.Add(a);
+        events.Verbose("Running: " + ShellQuote.Join(new[] { program }.Concat(args)));
+        var process = Process.Start(start)!;
+        // The console must be drained or the guest blocks on a full pipe; keep the tail for errors.
+        process.OutputDataReceived += (_, e) => { if (e.Data is { } line) state.AddConsoleLine(line); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) state.AddConsoleLine("qemu: " + line); };
+        process.BeginOutputReadLine();
+        process.BeginErrorReadLine();
+        state.ConsoleSink = events;
+        return process;
+    }
+
+    private static string CreateDisk(string directory, string size)
+    {
+        var bytes = SizeParser.ParseToKiB(size, "disk size") * Units.KB;
+        Directory.CreateDirectory(directory);
+        var path = Path.Combine(directory, $"melange-disk-{Guid.NewGuid():N}.img");
+        using (var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
+            file.SetLength(bytes); // sparse: no blocks are written
+        return path;
+    }
+
+    private static async Task StartVirtiofsdAsync(Pod pod, QemuPodState state, QemuEnvironment env, IEventSink events, CancellationToken ct)
+    {
+        var candidates = new List<string>();
+        if (env.VirtiofsPath is { } dir) candidates.Add(Path.Combine(dir, "virtiofsd"));
+        candidates.AddRange(new[] { "/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd" });
+        var virtiofsd = candidates.FirstOrDefault(File.Exists) ?? PodProcess.FindOnPath("virtiofsd") ?? throw new MelangeException(
+            ErrorKind.NotInstalled, "VirtiofsdNotFound",
+            $"QEMU_USE_VIRTIOFS is set but virtiofsd was not found (looked in {string.Join(", ", candidates)} and PATH).",
+            "Install virtiofsd (Debian 12: sudo apt-get install qemu-system-common; later: virtiofsd), set QEMU_VIRTIOFS_PATH to its directory, or unset QEMU_USE_VIRTIOFS.");
+        state.VirtiofsSocket = Path.Combine(Path.GetTempPath(), $"melange-virtiofsd-{Guid.NewGuid():N}.sock");
+        var start = new ProcessStartInfo(virtiofsd) { UseShellExecute = false, RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var a in new[] { "--socket-path=" + state.VirtiofsSocket, $"--thread-pool-size={Environment.ProcessorCount * 2}",
+                     "-o", "source=" + pod.Config.CacheDir, "-o", "cache=always", "-o", "sandbox=namespace", "-o", "xattr", "-o", "writeback", "-o", "no_posix_lock" })
+            start.ArgumentList.Add(a);
+        events.Verbose("Running: " + ShellQuote.Join(new[] { virtiofsd }.Concat(start.ArgumentList)));
+        state.Virtiofsd = Process.Start(start)!;
+        state.Virtiofsd.OutputDataReceived += (_, e) => { if (e.Data is { } l) events.Verbose("virtiofsd: " + l); };
+        state.Virtiofsd.ErrorDataReceived += (_, e) => { if (e.Data is { } l) events.Verbose("virtiofsd: " + l); };
+        state.Virtiofsd.BeginOutputReadLine();
+        state.Virtiofsd.BeginErrorReadLine();
+        pod.VirtiofsdPid = state.Virtiofsd.Id;
+
+        // The socket appears when virtiofsd listens; watch the directory instead of polling blindly.
+        using var timeout = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        timeout.CancelAfter(TimeSpan.FromSeconds(10));
+        while (!File.Exists(state.VirtiofsSocket))
+        {
+            if (state.Virtiofsd.HasExited)
+                throw new MelangeException(ErrorKind.InvalidOperation, "VirtiofsdFailed", $"virtiofsd exited with status {state.Virtiofsd.ExitCode} before listening.", "Run with -Verbose to see its messages.");
+            try { await Task.Delay(50, timeout.Token).ConfigureAwait(false); }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                throw new MelangeException(ErrorKind.OperationTimeout, "VirtiofsdTimeout", "virtiofsd did not create its socket within 10 s.", "Run with -Verbose to see its messages.");
+            }
+        }
+    }
+
+    public Task<int> RunAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
+    {
+        var state = RequireRunning(pod);
+        var line = BuildCommandLine(pod.Config, environment, command);
+        events.Verbose($"Running over SSH as {pod.BuildClient!.ConnectionInfo.Username}@{pod.SshAddress}: {line}");
+        return WithDeadVmCheck(pod, state, () => GuestSsh.RunAsync(pod.BuildClient!, line, events.StandardOutput, events.StandardError, cancellationToken));
+    }
+
+    /// <summary>cd to the workspace, then the pod's environment, the per-call one, and melange's CAP_ADD/CAP_DROP.</summary>
+    internal static string BuildCommandLine(PodConfig config, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command)
+    {
+        var env = new Dictionary<string, string>(config.Environment, StringComparer.Ordinal);
+        if (environment is not null) foreach (var (k, v) in environment) env[k] = v;
+        env["CAP_ADD"] = string.Join(',', config.Capabilities.Add);
+        env["CAP_DROP"] = string.Join(',', config.Capabilities.Drop);
+        return $"cd {Defaults.WorkspaceDir} && exec {GuestSsh.BuildCommandLine(env, command)}";
+    }
+
+    public async Task<int> DebugAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
+    {
+        var state = RequireRunning(pod);
+        var port = int.Parse(pod.SshAddress!.Split(':')[1]);
+        var user = pod.BuildClient!.ConnectionInfo.Username;
+        using var session = OpenSshClient.Prepare(Loopback, port, user, state.ClientKey!, state.HostKeyBlob!, BuildCommandLine(pod.Config, environment, command));
+        return await PodProcess.RunInteractiveAsync(session.FileName, session.Arguments, events, cancellationToken).ConfigureAwait(false);
+    }
+
+    public async Task TerminatePodAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
+    {
+        if (pod.RunnerState is not QemuPodState state) return;
+        if (state.Qemu is { HasExited: false } qemu && pod.ControlClient is { IsConnected: true } control)
+        {
+            events.Verbose("qemu: sending shutdown signal (sysrq sync, poweroff)");
+            try
+            {
+                // The VM powers off under the command: its end (or a lost connection) is expected.
+                using var shutdown = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+                await GuestSsh.RunAsync(control, "sh -c 'echo s > /proc/sysrq-trigger && echo o > /proc/sysrq-trigger &'", _ => { }, _ => { }, shutdown.Token).ConfigureAwait(false);
+            }
+            catch (Exception e) when (e is MelangeException or OperationCanceledException)
+            {
+                events.Verbose("qemu: shutdown command ended with: " + e.Message);
+            }
+        }
+        await CleanUpAsync(pod, state, events).ConfigureAwait(false);
+    }
+
+    /// <summary>Stops qemu (poweroff, then SIGTERM, then SIGKILL) and virtiofsd, and removes every file the pod made.</summary>
+    private static async Task CleanUpAsync(Pod pod, QemuPodState state, IEventSink events)
+    {
+        foreach (var k in state.Keepalives) k.Dispose();
+        state.Keepalives.Clear();
+        foreach (var client in new[] { pod.BuildClient, pod.ControlClient, pod.ControlBuildClient })
+        {
+            try { client?.Dispose(); }
+            catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException) { }
+        }
+        if (state.Qemu is { } qemu)
+        {
+            if (!await ExitsWithin(qemu, TimeSpan.FromSeconds(5)).ConfigureAwait(false))
+            {
+                events.Verbose("qemu: VM did not exit after the shutdown signal, sending SIGTERM");
+                Signal(qemu.Id, 15);
+                if (!await ExitsWithin(qemu, TimeSpan.FromSeconds(5)).ConfigureAwait(false))
+                {
+                    events.Warning("qemu did not exit after SIGTERM; killing it.");
+                    qemu.Kill(entireProcessTree: true);
+                    await qemu.WaitForExitAsync().ConfigureAwait(false);
+                }
+            }
+            qemu.Dispose();
+            state.Qemu = null;
+        }
+        if (state.Virtiofsd is { } virtiofsd)
+        {
+            if (!virtiofsd.HasExited)
+            {
+                Signal(virtiofsd.Id, 15);
+                if (!await ExitsWithin(virtiofsd, TimeSpan.FromSeconds(5)).ConfigureAwait(false)) virtiofsd.Kill(entireProcessTree: true);
+                await virtiofsd.WaitForExitAsync().ConfigureAwait(false);
+            }
+            virtiofsd.Dispose();
+            state.Virtiofsd = null;
+        }
+        if (state.InitramfsPath is { } initramfs) InitramfsBuilder.SecureDelete(initramfs);
+        state.InitramfsPath = null;
+        foreach (var path in new[] { state.DiskPath, state.VirtiofsSocket })
+            if (path is not null && File.Exists(path)) File.Delete(path);
+        state.DiskPath = null;
+        state.VirtiofsSocket = null;
+        state.ClientKey?.Dispose();
+        state.ClientKey = null;
+    }
+
+    private static async Task<bool> ExitsWithin(Process process, TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill")]
+    private static extern int Signal(int pid, int signal);
+
+    public async Task<Stream> WorkspaceTarAsync(Pod pod, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    {
+        var state = RequireRunning(pod);
+        var control = pod.ControlClient!;
+        // License files, found in the guest (melange: single-link regular files outside melange-out).
+        var listing = await CaptureAsync(control, $"cd {GuestWorkspace} && find . -type f -links 1 -print", events, cancellationToken).ConfigureAwait(false);
+        var files = new List<string>(extraFiles);
+        foreach (var raw in listing.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var rel = raw.StartsWith("./", StringComparison.Ordinal) ? raw[2..] : raw;
+            if (rel.StartsWith(Workspace.OutputDir + "/", StringComparison.Ordinal) || files.Contains(rel)) continue;
+            if (Workspace.IsLicenseFileName(Path.GetFileName(rel))) files.Add(rel);
+        }
+        // The list goes in a file in the guest (tar -T), not on the command line, which has a length limit.
+        var listFile = $"/tmp/melange-extrafiles-{Guid.NewGuid():N}.txt";
+        await ControlAsync(pod, $": > {listFile}", events, cancellationToken).ConfigureAwait(false);
+        foreach (var chunk in files.Chunk(100))
+            await ControlAsync(pod, $"printf '%s\\n' {ShellQuote.Join(chunk)} >> {listFile}", events, cancellationToken).ConfigureAwait(false);
+
+        var command = $"cd {GuestWorkspace} && {{ find {Workspace.OutputDir} -type p -delete >/dev/null 2>&1 || true; }} && " +
+                      // GNU tar by full path: the control shell is busybox, whose own tar would win (pitfall 3).
+                      $"/bin/tar cpf - --xattrs --xattrs-include='*' --acls --ignore-failed-read {Workspace.OutputDir} -T {listFile}; status=$?; rm -f {listFile}; exit $status";
+        events.Verbose($"Running over SSH as root@{pod.SshControlAddress}: {command}");
+        return await WithDeadVmCheck(pod, state, () => GuestSsh.OpenOutputStreamAsync(control, command, line => events.Verbose("tar: " + line), cancellationToken)).ConfigureAwait(false);
+    }
+
+    public async Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
+    {
+        RequireRunning(pod);
+        // The build environment's os-release (the rootfs at /mount), not the initramfs's.
+        var text = await CaptureAsync(pod.ControlClient!, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release", events, cancellationToken).ConfigureAwait(false);
+        return ReleaseData.Parse(text);
+    }
+
+    private static async Task<string> CaptureAsync(SshClient client, string command, IEventSink events, CancellationToken ct)
+    {
+        var output = new StringBuilder();
+        var code = await GuestSsh.RunAsync(client, command, line => output.Append(line).Append('\n'), events.Verbose, ct).ConfigureAwait(false);
+        if (code != 0)
+            throw new MelangeException(ErrorKind.InvalidOperation, "GuestCommandFailed", $"The VM command '{command}' failed with status {code}.", "Run with -Verbose to see its messages.", command);
+        return output.ToString();
+    }
+
+    private static Task ControlAsync(Pod pod, string command, IEventSink events, CancellationToken ct) =>
+        RequireSuccess(pod, pod.ControlClient!, command, events, ct);
+
+    private static async Task RequireSuccess(Pod pod, SshClient client, string command, IEventSink events, CancellationToken ct)
+    {
+        events.Verbose($"Running over SSH as {client.ConnectionInfo.Username}@{client.ConnectionInfo.Host}:{client.ConnectionInfo.Port}: {command}");
+        var code = await GuestSsh.RunAsync(client, command, events.Verbose, events.Verbose, ct).ConfigureAwait(false);
+        if (code != 0)
+            throw new MelangeException(ErrorKind.InvalidOperation, "GuestCommandFailed", $"The VM command '{command}' failed with status {code}.", "Run with -Verbose to see its messages.", pod.Id);
+    }
+
+    /// <summary>A command that failed because the VM died says so, with the console's last lines.</summary>
+    private static async Task<T> WithDeadVmCheck<T>(Pod pod, QemuPodState state, Func<Task<T>> run)
+    {
+        try
+        {
+            return await run().ConfigureAwait(false);
+        }
+        catch (MelangeException e) when (e.Kind == ErrorKind.ConnectionError || state.Qemu is { HasExited: true })
+        {
+            pod.State = PodState.Failed;
+            var why = state.Qemu is { HasExited: true } q ? $"the VM exited (qemu status {q.ExitCode})" : state.DeadReason ?? e.Message;
+            throw new MelangeException(ErrorKind.ConnectionError, "VmLost",
+                $"The pod {pod.Id} stopped answering: {why}. The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
+                "Stop the pod with Stop-MelangePod and start a new one.", pod.Id, e);
+        }
+    }
+
+    private static QemuPodState RequireRunning(Pod pod)
+    {
+        if (pod.State != PodState.Running || pod.RunnerState is not QemuPodState state)
+            throw new MelangeException(ErrorKind.InvalidOperation, "PodNotRunning",
+                $"The pod {pod.Id} is {pod.State.ToString().ToLowerInvariant()}.", "Start a new pod with Start-MelangePod.", pod);
+        if (state.Qemu is { HasExited: true } q)
+        {
+            pod.State = PodState.Failed;
+            throw new MelangeException(ErrorKind.ConnectionError, "VmLost",
+                $"The VM of pod {pod.Id} has exited (qemu status {q.ExitCode}). The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
+                "Stop the pod with Stop-MelangePod and start a new one.", pod.Id);
+        }
+        return state;
+    }
+
+    /// <summary>What a qemu pod holds on the host; none of it is shown on the Pod object.</summary>
+    private sealed class QemuPodState
+    {
+        private const int ConsoleLinesKept = 40;
+        private readonly ConcurrentQueue<string> _console = new();
+
+        public Process? Qemu { get; set; }
+        public Process? Virtiofsd { get; set; }
+        public string? VirtiofsSocket { get; set; }
+        public string? InitramfsPath { get; set; }
+        public string? DiskPath { get; set; }
+        public SshKeyPair? ClientKey { get; set; }
+        public byte[]? HostKeyBlob { get; set; }
+        public List<SshKeepalive> Keepalives { get; } = new();
+        public string? DeadReason { get; set; }
+        public IEventSink? ConsoleSink { get; set; }
+
+        public void AddConsoleLine(string line)
+        {
+            _console.Enqueue(line);
+            while (_console.Count > ConsoleLinesKept) _console.TryDequeue(out _);
+            ConsoleSink?.Verbose("console: " + line);
+        }
+
+        public string ConsoleTail() => _console.IsEmpty ? "  (nothing)" : string.Join(Environment.NewLine, _console.Select(l => "  " + l));
+    }
+}

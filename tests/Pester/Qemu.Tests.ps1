@@ -1,0 +1,150 @@
+BeforeDiscovery {
+    # Real VMs: skipped only where qemu or a kernel is genuinely absent (CI installs qemu and
+    # runs tools/Get-MelangeKernel.ps1).
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+    $noQemu = -not (Test-MelangeRunner -Name qemu)
+}
+
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+    if (Test-MelangeRunner -Name qemu) {
+        $script:img = Import-MelangeImage -Path (Get-TestRootfs) -Runner qemu
+    }
+}
+
+AfterAll {
+    if ($script:img) { $script:img | Remove-MelangeImage -Confirm:$false }
+}
+
+Describe 'A qemu pod' -Skip:$noQemu {
+    BeforeAll {
+        $script:ws = Join-Path $TestDrive 'ws'
+        $null = New-Item -ItemType Directory -Force $script:ws
+        Set-Content (Join-Path $script:ws 'seed.txt') 'from the host'
+        $script:tempBefore = @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -Name)
+        $script:pod = $script:img | Start-MelangePod -WorkspaceDir $script:ws -Memory 1Gi -Cpu 2 -RunAs build -Environment @{ GREETING = 'hello' }
+    }
+    AfterAll {
+        if ($script:pod) { $script:pod | Stop-MelangePod }
+    }
+
+    It 'boots and wraps the VM''s state' {
+        $script:pod.Runner | Should -Be 'qemu'
+        $script:pod.State | Should -Be 'Running'
+        $script:pod.QemuPid | Should -BeGreaterThan 0
+        Get-Process -Id $script:pod.QemuPid | Should -Not -BeNullOrEmpty
+        $script:pod.SshAddress | Should -Match '^127\.0\.0\.1:\d+$'
+        $script:pod.SshControlAddress | Should -Match '^127\.0\.0\.1:\d+$'
+        $script:pod.BuildClient.IsConnected | Should -BeTrue
+        $script:pod.ControlClient.IsConnected | Should -BeTrue
+        $script:pod.ControlBuildClient.IsConnected | Should -BeTrue
+    }
+
+    It 'runs as the RunAs user in the workspace, which it owns' {
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'echo "$(id -u) $(pwd) $(stat -c %u seed.txt) $(cat seed.txt)"' |
+            Should -Be '1000 /home/build 1000 from the host'
+    }
+
+    It 'passes the environment and arguments exactly' {
+        $weird = "it's `"quoted`" `$HOME; a b`nline2"
+        $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'printf "[%s]\n" "$GREETING" "$X" "$1"', sh, $weird -Environment @{ X = 'a=b c' }
+        $out | Should -Be @('[hello]', '[a=b c]', "[it's `"quoted`" `$HOME; a b", 'line2]')
+    }
+
+    It 'streams stdout as output and stderr to the information stream' {
+        $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'echo out; echo err >&2' -InformationVariable info 6>$null
+        $out | Should -Be 'out'
+        ($info | Where-Object { $_.Tags -contains 'stderr' }).MessageData.Message | Should -Be 'err'
+    }
+
+    It 'turns a non-zero exit into an ErrorRecord and sets $LASTEXITCODE' {
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'exit 7' -ErrorVariable errs -ErrorAction SilentlyContinue
+        $LASTEXITCODE | Should -Be 7
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'CommandFailed,*'
+        $errs[0].Exception.ExitCode | Should -Be 7
+    }
+
+    It 'reads the release data of the image, not of the initramfs' {
+        ($script:pod | Get-MelangeReleaseData).ID | Should -Be 'melange-demo'
+    }
+
+    It 'exports melange-out, extra files and license files' {
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'mkdir -p melange-out/x/bin && echo ok > melange-out/x/f && ln -s f melange-out/x/link && echo MIT > LICENSE && echo log > build.log && chmod 0750 melange-out/x/bin'
+        $out = Join-Path $TestDrive 'out'
+        $dir = $script:pod | Export-MelangeWorkspace -Destination $out -ExtraFile build.log
+        $dir | Should -BeOfType ([IO.DirectoryInfo])
+        Get-Content (Join-Path $out 'melange-out/x/f') | Should -Be 'ok'
+        (Get-Item (Join-Path $out 'melange-out/x/link')).LinkTarget | Should -Be 'f'
+        (Get-Item (Join-Path $out 'melange-out/x/bin')).UnixMode | Should -Be 'drwxr-x---'
+        Get-Content (Join-Path $out 'LICENSE') | Should -Be 'MIT'
+        Get-Content (Join-Path $out 'build.log') | Should -Be 'log'
+        Test-Path (Join-Path $out 'seed.txt') | Should -BeFalse
+
+        $tar = Join-Path $TestDrive 'out.tar'
+        $file = $script:pod | Export-MelangeWorkspace -AsTarPath $tar
+        $file | Should -BeOfType ([IO.FileInfo])
+        (tar -tf $tar) | Should -Contain 'melange-out/x/f'
+    }
+
+    It 'ends the remote command at once when stopped (Ctrl+C)' {
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($pod, $manifest)
+                    Import-Module $manifest
+                    $pod | Invoke-MelangePod -Command sh, -c, 'echo started; exec sleep 300'
+                }).AddArgument($script:pod).AddArgument($ModuleManifest)
+            $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
+            $started = [System.Threading.ManualResetEventSlim]::new($false)
+            $output.add_DataAdded({ $started.Set() }.GetNewClosure())
+            $async = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
+            $started.Wait([TimeSpan]::FromSeconds(60)) | Should -BeTrue
+            $watch = [Diagnostics.Stopwatch]::StartNew()
+            $ps.Stop()
+            $watch.Elapsed.TotalSeconds | Should -BeLessThan 10
+            $async.IsCompleted | Should -BeTrue
+        } finally {
+            $ps.Dispose()
+        }
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'ps -o args | grep -c "^sleep 300" || true' | Should -Be '0'
+    }
+
+    It 'shows the launch in a plan without starting anything' {
+        $plan = $script:img | Get-MelangePodPlan -Memory 1Gi -Cpu 1
+        $plan.Runner | Should -Be 'qemu'
+        $plan.FileName | Should -Be 'qemu-system-x86_64'
+        @($plan.Arguments | Where-Object { $_ -eq '-accel' }).Count | Should -Be 1
+        $plan.Cpus | Should -Be 1
+        $plan.MemoryKiB | Should -Be 1048576
+        $plan.KernelCommandLine | Should -Match 'console=hvc0 .*panic=-1.* melange_qemu_runner=1'
+    }
+
+    It 'stops the VM and leaves nothing behind' {
+        $qemuPid = $script:pod.QemuPid
+        $script:pod | Stop-MelangePod
+        $script:pod.State | Should -Be 'Stopped'
+        Get-Process -Id $qemuPid -ErrorAction Ignore | Should -BeNullOrEmpty
+        $after = @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -Name)
+        @($after | Where-Object { $_ -notin $script:tempBefore -and $_ -notlike 'melange-test*' }) | Should -BeNullOrEmpty
+        { $script:pod | Stop-MelangePod } | Should -Not -Throw
+        $script:pod = $null
+    }
+}
+
+Describe 'A qemu pod that dies' -Skip:$noQemu {
+    It 'fails a running command quickly when the guest powers off' {
+        $pod = $script:img | Start-MelangePod -Memory 512Mi -Cpu 1
+        try {
+            $watch = [Diagnostics.Stopwatch]::StartNew()
+            { $pod | Invoke-MelangePod -Command sh, -c, 'echo o > /proc/sysrq-trigger; sleep 600' -ErrorAction Stop } |
+                Should -Throw -ErrorId 'VmLost,*'
+            # melange's keepalive bound is 3 × 30 s plus a 10 s request timeout.
+            $watch.Elapsed.TotalSeconds | Should -BeLessThan 100
+            $pod.State | Should -Be 'Failed'
+            { $pod | Invoke-MelangePod -Command true -ErrorAction Stop } | Should -Throw -ErrorId 'PodNotRunning,*'
+        } finally {
+            $pod | Stop-MelangePod
+        }
+        $pod.State | Should -Be 'Stopped'
+    }
+}

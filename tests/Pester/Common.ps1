@@ -22,3 +22,21 @@ function Get-ProcessByMarker([string]$Marker) {
         if ($cmdline -and ($cmdline -replace "`0", ' ') -like "*$Marker*" -and [int]$_.Name -ne $PID) { [int]$_.Name }
     }
 }
+
+# A signal set when a PowerShell instance writes its first output. The handler is C#:
+# a scriptblock handler would run on the instance's thread inside this runspace.
+if (-not ('MelangeTestSignals' -as [type])) {
+    Add-Type -TypeDefinition @'
+using System.Management.Automation;
+using System.Threading;
+public static class MelangeTestSignals
+{
+    public static ManualResetEventSlim OnFirstItem(PSDataCollection<PSObject> collection)
+    {
+        var signal = new ManualResetEventSlim(false);
+        collection.DataAdded += (sender, e) => signal.Set();
+        return signal;
+    }
+}
+'@
+}

@@ -110,16 +110,15 @@ Describe 'A bubblewrap pod' -Skip:$noBwrap {
                     $pod | Invoke-MelangePod -Command sh, -c, "echo started; sleep 300 && echo $marker; sleep 301 # $marker"
                 }).AddArgument($script:pod).AddArgument($marker).AddArgument($ModuleManifest)
             $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
-            $started = [System.Threading.ManualResetEventSlim]::new($false)
-            $output.add_DataAdded({ $started.Set() }.GetNewClosure())
-            $async = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
+            $started = [MelangeTestSignals]::OnFirstItem($output)
+            $null = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
             $started.Wait([TimeSpan]::FromSeconds(30)) | Should -BeTrue
             $output[0] | Should -Be 'started'
             @(Get-ProcessByMarker $marker).Count | Should -BeGreaterThan 0
             $watch = [Diagnostics.Stopwatch]::StartNew()
             $ps.Stop()
             $watch.Elapsed.TotalSeconds | Should -BeLessThan 10
-            $async.IsCompleted | Should -BeTrue
+            $ps.InvocationStateInfo.State | Should -BeIn @('Stopped', 'Completed')
             @(Get-ProcessByMarker $marker).Count | Should -Be 0
         } finally {
             $ps.Dispose()

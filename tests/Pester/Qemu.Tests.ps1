@@ -95,14 +95,13 @@ Describe 'A qemu pod' -Skip:$noQemu {
                     $pod | Invoke-MelangePod -Command sh, -c, 'echo started; exec sleep 300'
                 }).AddArgument($script:pod).AddArgument($ModuleManifest)
             $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
-            $started = [System.Threading.ManualResetEventSlim]::new($false)
-            $output.add_DataAdded({ $started.Set() }.GetNewClosure())
-            $async = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
+            $started = [MelangeTestSignals]::OnFirstItem($output)
+            $null = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
             $started.Wait([TimeSpan]::FromSeconds(60)) | Should -BeTrue
             $watch = [Diagnostics.Stopwatch]::StartNew()
             $ps.Stop()
             $watch.Elapsed.TotalSeconds | Should -BeLessThan 10
-            $async.IsCompleted | Should -BeTrue
+            $ps.InvocationStateInfo.State | Should -BeIn @('Stopped', 'Completed')
         } finally {
             $ps.Dispose()
         }

@@ -14,9 +14,14 @@ Called by `dotnet pwsh ./build.ps1 Bench` after the build (it expects bin/ to be
    against `tar -xzf` / `tar --zstd -xf` of the same file. Target: at most 1.2x, and peak
    memory of the importing process under 150 MiB.
 
+3. The qemu runner (bench/qemu-benchmarks.ps1): time to ready, command round trip and
+   export against qemu booting a bare init, OpenSSH's ssh, and ssh | tar; its own results
+   block (between the bench:qemu markers). Skipped, with a warning, when the qemu runner is not
+   usable here; -SkipQemu leaves it out, -QemuOnly runs only it. About 5-8 minutes under TCG.
+
 Everything generated goes under a temporary directory that is deleted at the end. The
 results table (between the bench:results markers) of docs/benchmarks.md is rewritten unless
--NoUpdateDoc; the rest of that page is left alone. Takes about 5-7 minutes.
+-NoUpdateDoc; the rest of that page is left alone. Takes about 5-7 minutes (plus the qemu part).
 #>
 [CmdletBinding()]
 param(
@@ -24,7 +29,9 @@ param(
     [int]$ExecRounds = 5,
     [int]$LayerMB = 300,
     [int]$ImportRounds = 5,
-    [switch]$NoUpdateDoc
+    [switch]$NoUpdateDoc,
+    [switch]$SkipQemu,
+    [switch]$QemuOnly
 )
 
 $ErrorActionPreference = 'Stop'
@@ -32,6 +39,8 @@ Set-StrictMode -Version Latest
 $ProgressPreference = 'SilentlyContinue'
 $root = Split-Path -Parent $PSScriptRoot
 Import-Module (Join-Path $root 'MelangeRunner.psd1') -Force
+$qemuBench = { if (-not $SkipQemu) { $null = & (Join-Path $PSScriptRoot 'qemu-benchmarks.ps1') -NoUpdateDoc:$NoUpdateDoc } }
+if ($QemuOnly) { & $qemuBench; return }
 
 foreach ($tool in 'bwrap', 'bash', 'tar', 'gzip', 'zstd', 'sync') {
     if (-not (Get-Command $tool -CommandType Application -ErrorAction Ignore)) { throw "The benchmarks need '$tool' on PATH." }
@@ -128,3 +137,5 @@ if (-not $NoUpdateDoc) {
     [IO.File]::WriteAllText($doc, $text)
     Write-Host "Results written to $doc"
 }
+
+& $qemuBench

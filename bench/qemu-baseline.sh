@@ -17,8 +17,14 @@
 #                   "failed to set MSR 0x10a" under -cpu max/host, so TCG is what pods use)
 #   BASELINE_MEM    -m                         (default: 512)
 #   BASELINE_SMP    -smp, when set             (default: qemu's, 1)
+#   BASELINE_MACHINE -machine                  (default: q35; pass the runner's, e.g. q35,hpet=off,…)
+#   BASELINE_CPU    -cpu                       (default: max)
+#   BASELINE_APPEND the kernel command line    (default: console=ttyS0 panic=-1; it must keep a
+#                   serial console, console=ttyS0, for the init's line to be seen)
+#   BASELINE_SHOW_INIT=1  print "WALL INIT" per run: INIT is the guest's /proc/uptime when its
+#                   init ran (seconds since the kernel started)
 #   BASELINE_TIMEOUT seconds before a run is called hung (default: 120)
-# The command line is the one below: q35, -cpu max, -nographic, -no-reboot,
+# The command line is the one below (defaults: q35, -cpu max), -nographic, -no-reboot,
 # console=ttyS0 panic=-1, virtio-rng (MICROVM.md pitfall 1).
 set -eu
 
@@ -40,14 +46,14 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/qemu-baseline.XXXXXX")
 trap 'rm -rf "$work"' EXIT INT TERM
 mkdir -p "$work/root/bin" "$work/root/dev" "$work/root/proc"
 cp "$busybox" "$work/root/bin/busybox"
-printf '#!/bin/busybox sh\n/bin/busybox echo baseline-init-reached\n/bin/busybox poweroff -f\n' > "$work/root/init"
+printf '#!/bin/busybox sh\n/bin/busybox mount -t proc proc /proc\nread -r up _ < /proc/uptime\n/bin/busybox echo "baseline-init-reached at $up"\n/bin/busybox poweroff -f\n' > "$work/root/init"
 chmod 0755 "$work/root/init" "$work/root/bin/busybox"
 (cd "$work/root" && find . | cpio -o -H newc --quiet -R 0:0) > "$work/initramfs.cpio"
 
-set -- -machine q35 -accel "$accel" -cpu max -m "${BASELINE_MEM:-512}"
+set -- -machine "${BASELINE_MACHINE:-q35}" -accel "$accel" -cpu "${BASELINE_CPU:-max}" -m "${BASELINE_MEM:-512}"
 [ -n "${BASELINE_SMP:-}" ] && set -- "$@" -smp "$BASELINE_SMP"
 set -- "$@" -nographic -no-reboot -kernel "$kernel" -initrd "$work/initramfs.cpio" \
-    -append "console=ttyS0 panic=-1" -device virtio-rng-pci
+    -append "${BASELINE_APPEND:-console=ttyS0 panic=-1}" -device virtio-rng-pci
 
 i=0
 while [ "$i" -lt "$runs" ]; do
@@ -61,5 +67,10 @@ while [ "$i" -lt "$runs" ]; do
         tail -n 15 "$work/console" | tr -d '\r' >&2
         exit 1
     fi
-    awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f\n", e - s }'
+    if [ -n "${BASELINE_SHOW_INIT:-}" ]; then
+        init=$(tr -d '\r' < "$work/console" | sed -n 's/.*baseline-init-reached at \([0-9.]*\).*/\1/p' | head -n 1)
+        awk -v s="$start" -v e="$end" -v i="${init:-nan}" 'BEGIN { printf "%.2f %s\n", e - s, i }'
+    else
+        awk -v s="$start" -v e="$end" 'BEGIN { printf "%.2f\n", e - s }'
+    fi
 done

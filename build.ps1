@@ -119,7 +119,9 @@ function Invoke-TestTask {
         Skipped = [int]$counters.notExecuted
     }
 
-    # Module tests (Pester), in this process: one pwsh start for the whole suite.
+    # Module tests (Pester), in this process: one pwsh start for the whole suite. The tests
+    # run as a user's session would, not under this script's strict mode.
+    Set-StrictMode -Off
     $env:NO_COLOR = '1'
     $env:MELANGE_TEST_TMP = (New-Item -ItemType Directory -Path (Join-Path ([IO.Path]::GetTempPath()) "melange-tests-$PID") -Force).FullName
     Import-Module (Join-Path (Get-NuGetPackageRoot) 'pester/6.2.0/tools/Pester.psd1') -Force

@@ -11,12 +11,12 @@ public sealed class NewMelangePodConfigCommand : PodConfigCmdlet
     protected override void EndProcessing() => WriteObject(BuildConfig(null));
 }
 
-/// <summary>Get-MelangePodPlan: the process that Start-MelangePod would run, without running it.</summary>
-[Cmdlet(VerbsCommon.Get, "MelangePodPlan")]
-[OutputType(typeof(PodPlan))]
-public sealed class GetMelangePodPlanCommand : PodConfigCmdlet
+/// <summary>
+/// The parameters of cmdlets that act on an image with a config: the runner (by default the
+/// one the image was imported for), the image from the pipeline, and a config object.
+/// </summary>
+public abstract class PodLaunchCmdlet : PodConfigCmdlet
 {
-    /// <summary>The runner; by default the one the image was imported for.</summary>
     [Parameter]
     [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
     public string? Runner { get; set; }
@@ -26,7 +26,13 @@ public sealed class GetMelangePodPlanCommand : PodConfigCmdlet
 
     [Parameter]
     public PodConfig? Config { get; set; }
+}
 
+/// <summary>Get-MelangePodPlan: the process that Start-MelangePod would run, without running it.</summary>
+[Cmdlet(VerbsCommon.Get, "MelangePodPlan")]
+[OutputType(typeof(PodPlan))]
+public sealed class GetMelangePodPlanCommand : PodLaunchCmdlet
+{
     protected override void ProcessRecord()
     {
         var config = BuildConfig(Config);
@@ -46,19 +52,8 @@ public sealed class GetMelangePodPlanCommand : PodConfigCmdlet
 /// <summary>Start-MelangePod: starts a pod from an imported image.</summary>
 [Cmdlet(VerbsLifecycle.Start, "MelangePod")]
 [OutputType(typeof(Pod))]
-public sealed class StartMelangePodCommand : PodConfigCmdlet
+public sealed class StartMelangePodCommand : PodLaunchCmdlet
 {
-    /// <summary>The runner; by default the one the image was imported for.</summary>
-    [Parameter]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
-    public string? Runner { get; set; }
-
-    [Parameter(Mandatory = true, ValueFromPipeline = true)]
-    public ImageInfo Image { get; set; } = null!;
-
-    [Parameter]
-    public PodConfig? Config { get; set; }
-
     protected override void ProcessRecord()
     {
         var config = BuildConfig(Config);

@@ -63,5 +63,6 @@ public sealed class ReleaseData
         return value;
     }
 
-    public override string ToString() => PrettyName.Length > 0 ? PrettyName : $"{Name} {VersionID}".Trim();
+    public override string ToString() =>
+        PrettyName.Length > 0 ? PrettyName : $"{Name} {VersionID}".Trim() is { Length: > 0 } named ? named : ID;
 }

@@ -48,6 +48,10 @@ Describe 'A bubblewrap pod' -Skip:$noBwrap {
         $out | Should -Be 'bye x'
     }
 
+    It 'gives a command end of file on standard input' {
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'cat; echo "read $?"' | Should -Be 'read 0'
+    }
+
     It 'shows stderr on the information stream tagged stderr, not as errors' {
         $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'echo out; echo err >&2' -InformationVariable info -ErrorVariable errs 6>$null
         $out | Should -Be 'out'
@@ -98,6 +102,14 @@ Describe 'A bubblewrap pod' -Skip:$noBwrap {
         $line = ($verbose.Message | Where-Object { $_ -like 'Running: bwrap *' })
         $line | Should -Not -BeNullOrEmpty
         $line | Should -BeLike "Running: bwrap --bind $($script:img.Ref) / --bind $($script:ws) /home/build --unshare-pid *--new-session --unshare-net --setenv SOURCE_DATE_EPOCH 0 --setenv GREETING hello true"
+    }
+
+    It 'enters the pod interactively, without --new-session, and sets $LASTEXITCODE' {
+        $verbose = $script:pod | Enter-MelangePod -Command sh, -c, 'echo entered > entered.txt; exit 4' -Verbose 4>&1
+        $LASTEXITCODE | Should -Be 4
+        Get-Content (Join-Path $script:ws 'entered.txt') | Should -Be 'entered'
+        $line = $verbose.Message | Where-Object { $_ -like 'Running: bwrap *' }
+        $line | Should -Not -BeLike '*--new-session*'
     }
 
     It 'ends the sandboxed process tree at once when stopped (Ctrl+C)' {

@@ -21,7 +21,6 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $script:ws = Join-Path $TestDrive 'ws'
         $null = New-Item -ItemType Directory -Force $script:ws
         Set-Content (Join-Path $script:ws 'seed.txt') 'from the host'
-        $script:tempBefore = @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -Name)
         $script:pod = $script:img | Start-MelangePod -WorkspaceDir $script:ws -Memory 1Gi -Cpu 2 -RunAs build -Environment @{ GREETING = 'hello' }
     }
     AfterAll {
@@ -49,6 +48,10 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $weird = "it's `"quoted`" `$HOME; a b`nline2"
         $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'printf "[%s]\n" "$GREETING" "$X" "$1"', sh, $weird -Environment @{ X = 'a=b c' }
         $out | Should -Be @('[hello]', '[a=b c]', "[it's `"quoted`" `$HOME; a b", 'line2]')
+    }
+
+    It 'gives a command end of file on standard input' {
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'cat; echo "read $?"' | Should -Be 'read 0'
     }
 
     It 'streams stdout as output and stderr to the information stream' {
@@ -108,6 +111,16 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $script:pod | Invoke-MelangePod -Command sh, -c, 'ps -o args | grep -c "^sleep 300" || true' | Should -Be '0'
     }
 
+    It 'enters the VM on a real PTY with the system ssh client' {
+        if (-not (Get-Command ssh -ErrorAction Ignore)) { Set-ItResult -Skipped -Because 'the OpenSSH client (openssh-client) is not installed' }
+        $script:pod | Enter-MelangePod -Command sh, -c, 'tty > pty.txt; echo "$GREETING" >> pty.txt; exit 3'
+        $LASTEXITCODE | Should -Be 3
+        $lines = $script:pod | Invoke-MelangePod -Command cat, pty.txt
+        $lines[0] | Should -Match '^/dev/pts/\d+$'
+        $lines[1] | Should -Be 'hello'
+        @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-ssh-*' -ErrorAction Ignore) | Should -BeNullOrEmpty -Because 'the key and known_hosts files are deleted'
+    }
+
     It 'shows the launch in a plan without starting anything' {
         $plan = $script:img | Get-MelangePodPlan -Memory 1Gi -Cpu 1
         $plan.Runner | Should -Be 'qemu'
@@ -120,11 +133,17 @@ Describe 'A qemu pod' -Skip:$noQemu {
 
     It 'stops the VM and leaves nothing behind' {
         $qemuPid = $script:pod.QemuPid
+        # The files this pod's qemu was given: the scratch disk, and the initramfs (already gone once the VM is up).
+        $argv = (Get-Content -LiteralPath "/proc/$qemuPid/cmdline" -Raw) -split "`0"
+        $disk = ($argv | Where-Object { $_ -like 'if=none,id=disk0,*' }) -replace '^.*,file=', ''
+        $initrd = $argv[[array]::IndexOf($argv, '-initrd') + 1]
+        Test-Path -LiteralPath $disk | Should -BeTrue
+        Test-Path -LiteralPath $initrd | Should -BeFalse -Because 'the initramfs that held the host key is deleted once the VM is up'
         $script:pod | Stop-MelangePod
         $script:pod.State | Should -Be 'Stopped'
         Get-Process -Id $qemuPid -ErrorAction Ignore | Should -BeNullOrEmpty
-        $after = @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -Name)
-        @($after | Where-Object { $_ -notin $script:tempBefore -and $_ -notlike 'melange-test*' }) | Should -BeNullOrEmpty
+        Test-Path -LiteralPath $disk | Should -BeFalse
+        Test-Path -LiteralPath $script:img.Ref | Should -BeTrue -Because 'the image outlives its pods'
         { $script:pod | Stop-MelangePod } | Should -Not -Throw
         $script:pod = $null
     }

@@ -383,22 +383,10 @@ internal sealed class ImageSource : IDisposable
                 if (start < 512) continue;
                 _fs.Position = start - 512;
                 if (StreamUtil.ReadFull(_fs, h) != 512) continue;
-                if ((h[124] & 0x80) != 0 || ParseOctal(h.Slice(124, 12)) == m.Length) return start;
+                if ((h[124] & 0x80) != 0 || Xattrs.ParseOctal(h.Slice(124, 12)) == m.Length) return start;
             }
             throw new MelangeException(ErrorKind.InvalidData, "CorruptImage", $"The image archive '{DisplayPath}' could not be read (a member's data was not found).",
                 "Re-create the archive.", DisplayPath);
-        }
-
-        static long ParseOctal(ReadOnlySpan<byte> f)
-        {
-            long v = 0;
-            foreach (byte c in f)
-            {
-                if (c is >= (byte)'0' and <= (byte)'7') v = v * 8 + (c - '0');
-                else if (c is (byte)' ' or 0) { if (v != 0) break; }
-                else return -1;
-            }
-            return v;
         }
 
         public JsonDocument ReadJson(string digestOrName)

@@ -53,6 +53,8 @@ public static class QemuCommand
         // Our guest init reads the SLIRP addresses from here when QEMU_NET_CIDR moves the network.
         if (l.Environment.Network is { } net)
             parts.Add($"melange.net={net.Guest}/{net.PrefixLength},{net.Gateway},{net.Dns}");
+        // The guest's address is static (no DHCP), so the search domains go to its resolv.conf this way.
+        if (l.Environment.DnsSearch.Count > 0) parts.Add("melange.dns_search=" + string.Join(',', l.Environment.DnsSearch));
         if (!string.IsNullOrWhiteSpace(l.Environment.KernelCmdline)) parts.Add(l.Environment.KernelCmdline!.Trim());
         parts.Add("sshkey=" + l.ClientPublicKeyBase64);
         parts.Add("melange_qemu_runner=1");

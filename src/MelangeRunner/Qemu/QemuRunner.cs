@@ -56,8 +56,14 @@ public sealed class QemuRunner : IRunner, IDebugger
     {
         var env = QemuEnvironment.Read();
         var kernel = KernelLocator.Locate(Architecture.Normalize(config.Arch ?? image.Arch), NullEventSink.Instance);
-        var launch = Launch(config, image, env, kernel.BootPath, "<per-pod initramfs>",
-            Path.Combine(DisksDirectory(env), "<scratch disk>.img"), FreePort(), FreePort(), "<client public key>", null, false);
+        if (string.IsNullOrEmpty(config.WorkspaceDir))
+        {
+            config = config.Clone();
+            config.WorkspaceDir = Path.Combine(Path.GetTempPath(), "melange-workspace-<new>");
+        }
+        var virtiofs = env.UseVirtiofs && !string.IsNullOrEmpty(config.CacheDir) ? Path.Combine(Path.GetTempPath(), "melange-virtiofsd-<new>.sock") : null;
+        var launch = Launch(config, image, env, kernel.BootPath, Path.Combine(Path.GetTempPath(), "melange-initramfs-<new>.cpio"),
+            Path.Combine(DisksDirectory(env), "melange-disk-<new>.img"), FreePort(), FreePort(), "<client public key>", virtiofs, env.Testing is not null);
         return ToPlan(launch);
     }
 
@@ -465,8 +471,13 @@ public sealed class QemuRunner : IRunner, IDebugger
     {
         RequireRunning(pod);
         // The build environment's os-release (the rootfs at /mount), not the initramfs's.
-        var text = await CaptureAsync(pod.ControlClient!, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release", events, cancellationToken).ConfigureAwait(false);
-        return ReleaseData.Parse(text);
+        var output = new StringBuilder();
+        var code = await GuestSsh.RunAsync(pod.ControlClient!, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release",
+            line => output.Append(line).Append('\n'), events.Verbose, cancellationToken).ConfigureAwait(false);
+        if (code != 0)
+            throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
+                "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef);
+        return ReleaseData.Parse(output.ToString());
     }
 
     private static async Task<string> CaptureAsync(SshClient client, string command, IEventSink events, CancellationToken ct)

@@ -333,7 +333,9 @@ public static class GuestSsh
     {
         private const string Marker = "\u001eMELANGE-PID ";
         // sshd and dropbear start each session with setsid(): the shell's $$ is the process group id.
-        internal const string Announce = "printf '\\036MELANGE-PID %s\\n' \"$$\" >&2; ";
+        // Standard input is /dev/null, as for a bubblewrap pod: nothing feeds the channel, and a
+        // step that reads stdin must see end of file rather than wait for ever.
+        internal const string Announce = "exec </dev/null; printf '\\036MELANGE-PID %s\\n' \"$$\" >&2; ";
         private int _seen;
 
         public int? Pid { get; private set; }

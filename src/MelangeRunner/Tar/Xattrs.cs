@@ -87,7 +87,8 @@ internal static class Xattrs
         }
     }
 
-    static long ParseOctal(ReadOnlySpan<byte> f)
+    /// <summary>A tar header's octal number field; -1 when it holds anything else.</summary>
+    internal static long ParseOctal(ReadOnlySpan<byte> f)
     {
         long v = 0;
         foreach (byte c in f)

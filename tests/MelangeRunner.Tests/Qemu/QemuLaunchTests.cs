@@ -121,6 +121,7 @@ public class QemuLaunchTests
         Assert.EndsWith(",net=192.168.76.0/24,dnssearch=example.com,dnssearch=corp.internal", After(args, "-netdev"));
         var line = QemuCommand.KernelCommandLine(launch);
         Assert.Contains(" melange.net=192.168.76.15/24,192.168.76.2,192.168.76.3 ", line);
+        Assert.Contains(" melange.dns_search=example.com,corp.internal ", line);
         Assert.Contains(" mitigations=off sshkey=", line);
         Assert.EndsWith(" melange.testing=1", line);
     }

@@ -1,5 +1,4 @@
 using System.Security.Cryptography;
-using Renci.SshNet;
 
 namespace MelangeRunner;
 
@@ -47,9 +46,9 @@ public sealed class Pod : IDisposable
     // qemu runtime state (null for bubblewrap).
     public string? SshAddress { get; internal set; }
     public string? SshControlAddress { get; internal set; }
-    public SshClient? BuildClient { get; internal set; }
-    public SshClient? ControlClient { get; internal set; }
-    public SshClient? ControlBuildClient { get; internal set; }
+    public PodSshClient? BuildClient { get; internal set; }
+    public PodSshClient? ControlClient { get; internal set; }
+    public PodSshClient? ControlBuildClient { get; internal set; }
     public int? QemuPid { get; internal set; }
     public int? VirtiofsdPid { get; internal set; }
 

@@ -34,7 +34,7 @@ Describe 'The module' {
 
     It 'loads its dependencies in its own AssemblyLoadContext' {
         [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext([MelangeRunner.Pod].Assembly).Name | Should -Be 'Default'
-        $sshClient = [MelangeRunner.Pod].GetProperty('BuildClient').PropertyType
+        $sshClient = [MelangeRunner.PodSshClient].GetMethod('GetSshClient').ReturnType
         $sshClient.FullName | Should -Be 'Renci.SshNet.SshClient'
         [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext($sshClient.Assembly).Name | Should -Be 'MelangeRunner'
     }
@@ -48,7 +48,7 @@ Describe 'The module' {
 Add-Type -Path '$old'
 Import-Module '$script:ModuleManifest'
 # SSH.NET's client needs Logging.Abstractions 8: constructing one loads it in the module's context.
-`$sshClient = [MelangeRunner.Pod].GetProperty('BuildClient').PropertyType
+`$sshClient = [MelangeRunner.PodSshClient].GetMethod('GetSshClient').ReturnType
 `$client = [Activator]::CreateInstance(`$sshClient, [object[]]@('127.0.0.1', 'root', 'x'))
 `$client.Dispose()
 [AppDomain]::CurrentDomain.GetAssemblies() | Where-Object { `$_.GetName().Name -eq 'Microsoft.Extensions.Logging.Abstractions' } |

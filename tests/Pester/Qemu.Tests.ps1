@@ -37,6 +37,18 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $script:pod.BuildClient.IsConnected | Should -BeTrue
         $script:pod.ControlClient.IsConnected | Should -BeTrue
         $script:pod.ControlBuildClient.IsConnected | Should -BeTrue
+        $script:pod.BuildClient.User | Should -Be 'build'
+        $script:pod.ControlClient.Role | Should -Be 'control'
+        $script:pod.ControlClient.GetSshClient().IsConnected | Should -BeTrue
+    }
+
+    It 'never shows key material, formatted or as JSON' {
+        $json = $script:pod | ConvertTo-Json -Depth 6 -WarningAction SilentlyContinue
+        $text = ($script:pod | Format-List * | Out-String) + ($script:pod | Format-Table | Out-String)
+        foreach ($shown in $json, $text) {
+            $shown | Should -Not -Match 'PRIVATE KEY|PrivateKey|AuthenticationMethods|KeyFiles'
+        }
+        $json | Should -Match '"Role": "build"'
     }
 
     It 'runs as the RunAs user in the workspace, which it owns' {
@@ -137,12 +149,12 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $argv = (Get-Content -LiteralPath "/proc/$qemuPid/cmdline" -Raw) -split "`0"
         $disk = ($argv | Where-Object { $_ -like 'if=none,id=disk0,*' }) -replace '^.*,file=', ''
         $initrd = $argv[[array]::IndexOf($argv, '-initrd') + 1]
-        Test-Path -LiteralPath $disk | Should -BeTrue
+        Test-Path -LiteralPath $disk | Should -BeFalse -Because 'qemu holds the scratch disk open; its path is unlinked once the VM is up'
         Test-Path -LiteralPath $initrd | Should -BeFalse -Because 'the initramfs that held the host key is deleted once the VM is up'
+        (Get-ChildItem "/proc/$qemuPid/fd" | Where-Object { $_.LinkTarget -eq "$disk (deleted)" }) | Should -Not -BeNullOrEmpty
         $script:pod | Stop-MelangePod
         $script:pod.State | Should -Be 'Stopped'
         Get-Process -Id $qemuPid -ErrorAction Ignore | Should -BeNullOrEmpty
-        Test-Path -LiteralPath $disk | Should -BeFalse
         Test-Path -LiteralPath $script:img.Ref | Should -BeTrue -Because 'the image outlives its pods'
         { $script:pod | Stop-MelangePod } | Should -Not -Throw
         $script:pod = $null

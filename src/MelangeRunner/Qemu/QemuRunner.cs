@@ -207,20 +207,24 @@ public sealed class QemuRunner : IRunner, IDebugger
                 "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.", pod.Id, e);
         }
         events.Verbose($"qemu: SSH banner after {watch.Elapsed.TotalSeconds:F1} s");
+        // qemu holds the scratch disk open: unlinking it now means that even a host process killed
+        // outright leaves no 50 GiB file behind; the space is freed when qemu exits.
+        File.Delete(state.DiskPath);
+        state.DiskPath = null;
 
         Step("Connecting over SSH", 3);
         var user = string.IsNullOrEmpty(config.RunAs) ? "root" : config.RunAs!;
-        pod.BuildClient = await Connect(launch.SshPort, user).ConfigureAwait(false);
-        pod.ControlClient = await Connect(launch.ControlPort, "root").ConfigureAwait(false);
-        pod.ControlBuildClient = await Connect(launch.SshPort, "root").ConfigureAwait(false);
-        foreach (var (name, client) in new[] { ("build", pod.BuildClient), ("control", pod.ControlClient), ("control-build", pod.ControlBuildClient) })
-            state.Keepalives.Add(new SshKeepalive(client, name, reason => OnVmDead(pod, state, reason)));
+        pod.BuildClient = new PodSshClient("build", await Connect(launch.SshPort, user).ConfigureAwait(false));
+        pod.ControlClient = new PodSshClient("control", await Connect(launch.ControlPort, "root").ConfigureAwait(false));
+        pod.ControlBuildClient = new PodSshClient("control-build", await Connect(launch.SshPort, "root").ConfigureAwait(false));
+        foreach (var client in new[] { pod.BuildClient, pod.ControlClient, pod.ControlBuildClient })
+            state.Keepalives.Add(new SshKeepalive(client.Client, client.Role, reason => OnVmDead(pod, state, reason)));
 
         // The VM has read its initramfs: the host key's only copy on disk goes now.
         InitramfsBuilder.SecureDelete(state.InitramfsPath);
         state.InitramfsPath = null;
 
-        var kernelVersion = await CaptureAsync(pod.ControlClient, "uname -rv", events, ct).ConfigureAwait(false);
+        var kernelVersion = await CaptureAsync(pod.ControlClient.Client, "uname -rv", events, ct).ConfigureAwait(false);
         events.Verbose($"qemu: running kernel version: {kernelVersion.Trim()}");
 
         Step("Mounting the cache and copying the workspace in", 4);
@@ -236,7 +240,7 @@ public sealed class QemuRunner : IRunner, IDebugger
                                 "else mount -t 9p -o ro,trans=virtio defaultshare /mount/mnt; fi", events, ct).ConfigureAwait(false);
         // As root in the chroot, then owned by the build user, so that the build can change it.
         var copy = $"mkdir -p {Defaults.WorkspaceDir} && find /mnt/ -mindepth 1 -maxdepth 1 -exec cp -a {{}} {Defaults.WorkspaceDir}/ \\; && chown -R {ShellQuote.Quote(user)} {Defaults.WorkspaceDir}";
-        await RequireSuccess(pod, pod.ControlBuildClient, copy, events, ct).ConfigureAwait(false);
+        await RequireSuccess(pod, pod.ControlBuildClient.Client, copy, events, ct).ConfigureAwait(false);
         await ControlAsync(pod, "umount /mount/mnt", events, ct).ConfigureAwait(false);
         Step("Ready", 6);
 
@@ -334,8 +338,8 @@ public sealed class QemuRunner : IRunner, IDebugger
     {
         var state = RequireRunning(pod);
         var line = BuildCommandLine(pod.Config, environment, command);
-        events.Verbose($"Running over SSH as {pod.BuildClient!.ConnectionInfo.Username}@{pod.SshAddress}: {line}");
-        return WithDeadVmCheck(pod, state, () => GuestSsh.RunAsync(pod.BuildClient!, line, events.StandardOutput, events.StandardError, cancellationToken));
+        events.Verbose($"Running over SSH as {pod.BuildClient!.User}@{pod.SshAddress}: {line}");
+        return WithDeadVmCheck(pod, state, () => GuestSsh.RunAsync(pod.BuildClient!.Client, line, events.StandardOutput, events.StandardError, cancellationToken));
     }
 
     /// <summary>cd to the workspace, then the pod's environment, the per-call one, and melange's CAP_ADD/CAP_DROP.</summary>
@@ -352,7 +356,7 @@ public sealed class QemuRunner : IRunner, IDebugger
     {
         var state = RequireRunning(pod);
         var port = int.Parse(pod.SshAddress!.Split(':')[1]);
-        var user = pod.BuildClient!.ConnectionInfo.Username;
+        var user = pod.BuildClient!.User;
         using var session = OpenSshClient.Prepare(Loopback, port, user, state.ClientKey!, state.HostKeyBlob!, BuildCommandLine(pod.Config, environment, command));
         return await PodProcess.RunInteractiveAsync(session.FileName, session.Arguments, events, cancellationToken).ConfigureAwait(false);
     }
@@ -360,14 +364,14 @@ public sealed class QemuRunner : IRunner, IDebugger
     public async Task TerminatePodAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
     {
         if (pod.RunnerState is not QemuPodState state) return;
-        if (state.Qemu is { HasExited: false } qemu && pod.ControlClient is { IsConnected: true } control)
+        if (state.Qemu is { HasExited: false } qemu && pod.ControlClient is { IsConnected: true } controlClient)
         {
             events.Verbose("qemu: sending shutdown signal (sysrq sync, poweroff)");
             try
             {
                 // The VM powers off under the command: its end (or a lost connection) is expected.
                 using var shutdown = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-                await GuestSsh.RunAsync(control, "sh -c 'echo s > /proc/sysrq-trigger && echo o > /proc/sysrq-trigger &'", _ => { }, _ => { }, shutdown.Token).ConfigureAwait(false);
+                await GuestSsh.RunAsync(controlClient.Client, "sh -c 'echo s > /proc/sysrq-trigger && echo o > /proc/sysrq-trigger &'", _ => { }, _ => { }, shutdown.Token).ConfigureAwait(false);
             }
             catch (Exception e) when (e is MelangeException or OperationCanceledException)
             {
@@ -384,7 +388,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         state.Keepalives.Clear();
         foreach (var client in new[] { pod.BuildClient, pod.ControlClient, pod.ControlBuildClient })
         {
-            try { client?.Dispose(); }
+            try { client?.Client.Dispose(); }
             catch (Exception e) when (e is SocketException or ObjectDisposedException or InvalidOperationException) { }
         }
         if (state.Qemu is { } qemu)
@@ -444,7 +448,7 @@ public sealed class QemuRunner : IRunner, IDebugger
     public async Task<Stream> WorkspaceTarAsync(Pod pod, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
     {
         var state = RequireRunning(pod);
-        var control = pod.ControlClient!;
+        var control = pod.ControlClient!.Client;
         // License files, found in the guest (melange: single-link regular files outside melange-out).
         var listing = await CaptureAsync(control, $"cd {GuestWorkspace} && find . -type f -links 1 -print", events, cancellationToken).ConfigureAwait(false);
         var files = new List<string>(extraFiles);
@@ -472,7 +476,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         RequireRunning(pod);
         // The build environment's os-release (the rootfs at /mount), not the initramfs's.
         var output = new StringBuilder();
-        var code = await GuestSsh.RunAsync(pod.ControlClient!, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release",
+        var code = await GuestSsh.RunAsync(pod.ControlClient!.Client, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release",
             line => output.Append(line).Append('\n'), events.Verbose, cancellationToken).ConfigureAwait(false);
         if (code != 0)
             throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
@@ -490,7 +494,7 @@ public sealed class QemuRunner : IRunner, IDebugger
     }
 
     private static Task ControlAsync(Pod pod, string command, IEventSink events, CancellationToken ct) =>
-        RequireSuccess(pod, pod.ControlClient!, command, events, ct);
+        RequireSuccess(pod, pod.ControlClient!.Client, command, events, ct);
 
     private static async Task RequireSuccess(Pod pod, SshClient client, string command, IEventSink events, CancellationToken ct)
     {

@@ -40,3 +40,28 @@ public static class MelangeTestSignals
 }
 '@
 }
+
+# Runs Invoke-MelangePod in another PowerShell instance, waits for the command's first
+# output line, then stops that pipeline as Ctrl+C does. Returns the first line, how long
+# Stop() took and the final state, and calls $WhileRunning (with the first line) before stopping.
+function Invoke-AndStop {
+    param($Pod, [string]$Script, [scriptblock]$WhileRunning = {}, [int]$TimeoutSeconds = 60)
+    $ps = [powershell]::Create()
+    try {
+        $null = $ps.AddScript({
+                param($pod, $script, $manifest)
+                Import-Module $manifest
+                $pod | Invoke-MelangePod -Command sh, -c, $script
+            }).AddArgument($Pod).AddArgument($Script).AddArgument($script:ModuleManifest)
+        $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
+        $started = [MelangeTestSignals]::OnFirstItem($output)
+        $null = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
+        if (-not $started.Wait([TimeSpan]::FromSeconds($TimeoutSeconds))) { throw "No output within $TimeoutSeconds s." }
+        & $WhileRunning $output[0]
+        $watch = [Diagnostics.Stopwatch]::StartNew()
+        $ps.Stop()
+        [pscustomobject]@{ FirstLine = $output[0]; StopSeconds = $watch.Elapsed.TotalSeconds; State = $ps.InvocationStateInfo.State }
+    } finally {
+        $ps.Dispose()
+    }
+}

@@ -114,27 +114,13 @@ Describe 'A bubblewrap pod' -Skip:$noBwrap {
 
     It 'ends the sandboxed process tree at once when stopped (Ctrl+C)' {
         $marker = "mr-stop-$(Get-Random)"
-        $ps = [powershell]::Create()
-        try {
-            $null = $ps.AddScript({
-                    param($pod, $marker, $manifest)
-                    Import-Module $manifest
-                    $pod | Invoke-MelangePod -Command sh, -c, "echo started; sleep 300 && echo $marker; sleep 301 # $marker"
-                }).AddArgument($script:pod).AddArgument($marker).AddArgument($ModuleManifest)
-            $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
-            $started = [MelangeTestSignals]::OnFirstItem($output)
-            $null = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
-            $started.Wait([TimeSpan]::FromSeconds(30)) | Should -BeTrue
-            $output[0] | Should -Be 'started'
+        $result = Invoke-AndStop -Pod $script:pod -Script "echo started; sleep 300 && echo $marker; sleep 301 # $marker" -WhileRunning {
             @(Get-ProcessByMarker $marker).Count | Should -BeGreaterThan 0
-            $watch = [Diagnostics.Stopwatch]::StartNew()
-            $ps.Stop()
-            $watch.Elapsed.TotalSeconds | Should -BeLessThan 10
-            $ps.InvocationStateInfo.State | Should -BeIn @('Stopped', 'Completed')
-            @(Get-ProcessByMarker $marker).Count | Should -Be 0
-        } finally {
-            $ps.Dispose()
         }
+        $result.FirstLine | Should -Be 'started'
+        $result.StopSeconds | Should -BeLessThan 10
+        $result.State | Should -BeIn @('Stopped', 'Completed')
+        @(Get-ProcessByMarker $marker).Count | Should -Be 0
     }
 }
 

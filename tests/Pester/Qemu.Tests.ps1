@@ -102,24 +102,10 @@ Describe 'A qemu pod' -Skip:$noQemu {
     }
 
     It 'ends the remote command at once when stopped (Ctrl+C)' {
-        $ps = [powershell]::Create()
-        try {
-            $null = $ps.AddScript({
-                    param($pod, $manifest)
-                    Import-Module $manifest
-                    $pod | Invoke-MelangePod -Command sh, -c, 'echo started; exec sleep 300'
-                }).AddArgument($script:pod).AddArgument($ModuleManifest)
-            $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
-            $started = [MelangeTestSignals]::OnFirstItem($output)
-            $null = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
-            $started.Wait([TimeSpan]::FromSeconds(60)) | Should -BeTrue
-            $watch = [Diagnostics.Stopwatch]::StartNew()
-            $ps.Stop()
-            $watch.Elapsed.TotalSeconds | Should -BeLessThan 10
-            $ps.InvocationStateInfo.State | Should -BeIn @('Stopped', 'Completed')
-        } finally {
-            $ps.Dispose()
-        }
+        $result = Invoke-AndStop -Pod $script:pod -Script 'echo started; exec sleep 300'
+        $result.FirstLine | Should -Be 'started'
+        $result.StopSeconds | Should -BeLessThan 10
+        $result.State | Should -BeIn @('Stopped', 'Completed')
         $script:pod | Invoke-MelangePod -Command sh, -c, 'ps -o args | grep -c "^sleep 300" || true' | Should -Be '0'
     }
 

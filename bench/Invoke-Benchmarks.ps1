@@ -17,7 +17,7 @@ Called by `dotnet pwsh ./build.ps1 Bench` after the build (it expects bin/ to be
 3. The qemu runner (bench/qemu-benchmarks.ps1): time to ready, command round trip and
    export against qemu booting a bare init, OpenSSH's ssh, and ssh | tar; its own results
    block (between the bench:qemu markers). Skipped, with a warning, when the qemu runner is not
-   usable here; -SkipQemu leaves it out, -QemuOnly runs only it. About 5-8 minutes under TCG.
+   usable here; -SkipQemu leaves it out, -QemuOnly runs only it. About 9-11 minutes under TCG.
 
 Everything generated goes under a temporary directory that is deleted at the end. The
 results table (between the bench:results markers) of docs/benchmarks.md is rewritten unless

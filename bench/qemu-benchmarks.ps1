@@ -16,7 +16,7 @@ Before each part it waits (up to a minute) for the 1-minute load average to drop
 less, and records the load averages with every figure. Everything made is deleted: pods
 stopped, the image removed, temporary directories gone; it checks that no qemu process it
 started is left. Rewrites the block between the bench:qemu markers of docs/benchmarks.md
-unless -NoUpdateDoc. About 5-8 minutes on a 2-CPU machine under TCG.
+unless -NoUpdateDoc. About 9-11 minutes on a loaded 2-CPU machine under TCG.
 #>
 [CmdletBinding()]
 param(
@@ -25,7 +25,9 @@ param(
     [int]$ExportHalfMiB = 50,
     [int]$ExportRounds = 3,
     [string]$ModulePath,
-    [switch]$NoUpdateDoc
+    [switch]$NoUpdateDoc,
+    # Also output the raw results as an object.
+    [switch]$PassThru
 )
 
 $ErrorActionPreference = 'Stop'
@@ -150,4 +152,4 @@ if (-not $NoUpdateDoc) {
     [IO.File]::WriteAllText($doc, $text)
     Write-Host "Results written to $doc"
 }
-[pscustomobject]@{ Ready = $ready; RoundTrip = $rt; Export = $ex; Info = $info }
+if ($PassThru) { [pscustomobject]@{ Ready = $ready; RoundTrip = $rt; Export = $ex; Info = $info } }

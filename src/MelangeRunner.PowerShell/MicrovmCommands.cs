@@ -13,6 +13,10 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
     [Alias("Path")]
     public string OutputPath { get; set; } = "";
 
+    /// <summary>A starting config (Get-MelangeMicrovmConfig's, edited); the other parameters apply over it.</summary>
+    [Parameter(ValueFromPipeline = true)]
+    public MicrovmConfig? Config { get; set; }
+
     /// <summary>The architecture (x86_64 or aarch64); it must be the host's. Default: the host's.</summary>
     [Parameter]
     public string? Arch { get; set; }
@@ -41,6 +45,13 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
     {
         var output = HostPath(OutputPath);
         var config = MicrovmConfig.Default();
+        if (Config is not null)
+        {
+            config.Package = Config.Package;
+            config.Repositories = new List<string>(Config.Repositories);
+            config.AdditionalPackages = new List<string>(Config.AdditionalPackages);
+            config.ExtraKeys = new List<string>(Config.ExtraKeys);
+        }
         if (!string.IsNullOrEmpty(Package)) config.Package = Package;
         if (Repository != null) config.Repositories.AddRange(Repository);
         if (AdditionalPackage != null) config.AdditionalPackages.AddRange(AdditionalPackage);
@@ -59,7 +70,7 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
             RunEngine((events, ct) => InitramfsBuilder.GenerateBaseAsync(arch, config, modules, output, events, ct));
             WriteObject(new FileInfo(output));
         }
-        catch (Exception e) when (e is MelangeException or IOException or UnauthorizedAccessException)
+        catch (Exception e) when (IsReportable(e))
         {
             WriteEngineError(e, output);
         }

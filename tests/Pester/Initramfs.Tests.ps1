@@ -121,3 +121,16 @@ Describe 'New-MelangeInitramfs' {
         $err[0].Exception.Message | Should -Match 'no-such-package-xyz'
     }
 }
+
+Describe 'New-MelangeInitramfs from a config object' {
+    It 'takes Get-MelangeMicrovmConfig from the pipeline, with parameters over it' {
+        $config = Get-MelangeMicrovmConfig
+        $config.AdditionalPackages.Add('cpio')
+        $out = Join-Path $TestDrive 'from-config.cpio'
+        $file = $config | New-MelangeInitramfs -OutputPath $out
+        $file.FullName | Should -Be $out
+        $listing = cpio -it --quiet < $out
+        $listing | Should -Contain 'usr/bin/cpio'
+        $config.AdditionalPackages | Should -Be @('cpio') -Because 'the caller''s config object is not changed'
+    }
+}

@@ -34,8 +34,14 @@ function Reset-PeakRss { [IO.File]::WriteAllText('/proc/self/clear_refs', '5') }
 
 # Runs a command on the pod's control connection (root in the initramfs, not chrooted)
 # through SSH.NET's own API; throws when it fails.
+function Get-PodControlSshClient($Pod) {
+    $c = $Pod.ControlClient
+    # A PodSshClient (role, user, address) hands out the SSH.NET client through GetSshClient().
+    if ($c.PSObject.Methods['GetSshClient']) { $c.GetSshClient() } else { $c }
+}
+
 function Invoke-PodControl($Pod, [string]$Command) {
-    $c = $Pod.ControlClient.RunCommand($Command)
+    $c = (Get-PodControlSshClient $Pod).RunCommand($Command)
     try {
         if ($c.ExitStatus -ne 0) { throw "Control command failed ($($c.ExitStatus)): $Command`n$($c.Error)" }
         $c.Result

@@ -259,6 +259,106 @@ Remove-Module MelangeRunner
     }
 }
 
+Describe 'Export-MelangeWorkspace from a bubblewrap pod' -Skip:$noBwrap {
+    BeforeAll {
+        $script:exportWs = Join-Path $TestDrive 'export-ws'
+        $script:exportPod = $script:img | Start-MelangePod -WorkspaceDir $script:exportWs
+        $script:exportPod | Invoke-MelangePod -Command sh, -c, @'
+set -e
+mkdir -p melange-out/pkg/usr/bin melange-out/pkg/etc
+printf '#!/bin/sh\necho hi\n' > melange-out/pkg/usr/bin/tool
+chmod 4755 melange-out/pkg/usr/bin/tool
+ln melange-out/pkg/usr/bin/tool melange-out/pkg/usr/bin/tool-hardlink
+ln -s tool melange-out/pkg/usr/bin/tool-symlink
+echo conf > melange-out/pkg/etc/app.conf
+chmod 0640 melange-out/pkg/etc/app.conf
+echo Apache-2.0 > LICENSE
+echo log > build.log
+echo secret > not-exported.txt
+'@
+    }
+    AfterAll {
+        $script:exportPod | Stop-MelangePod
+    }
+
+    It 'copies melange-out with modes, symlinks and hard links, plus extra and license files' {
+        $out = Join-Path $TestDrive 'export-out'
+        $dir = $script:exportPod | Export-MelangeWorkspace -Destination $out -ExtraFile build.log
+        $dir | Should -BeOfType ([IO.DirectoryInfo])
+        $dir.FullName | Should -Be $out
+        $bin = Join-Path $out 'melange-out/pkg/usr/bin'
+        (Get-Item "$bin/tool").UnixMode | Should -Be '-rwsr-xr-x'
+        (Get-Item "$bin/tool-symlink").LinkTarget | Should -Be 'tool'
+        (stat -c %i "$bin/tool") | Should -Be (stat -c %i "$bin/tool-hardlink")
+        (Get-Item (Join-Path $out 'melange-out/pkg/etc/app.conf')).UnixMode | Should -Be '-rw-r-----'
+        Get-Content (Join-Path $out 'LICENSE') | Should -Be 'Apache-2.0'
+        Get-Content (Join-Path $out 'build.log') | Should -Be 'log'
+        Test-Path (Join-Path $out 'not-exported.txt') | Should -BeFalse
+    }
+
+    It 'writes one tar with -AsTarPath' {
+        $tar = Join-Path $TestDrive 'export.tar'
+        $file = $script:exportPod | Export-MelangeWorkspace -AsTarPath $tar
+        $file | Should -BeOfType ([IO.FileInfo])
+        $listing = tar -tvf $tar
+        $LASTEXITCODE | Should -Be 0
+        ($listing | Where-Object { $_ -match '^-rwsr-xr-x .* melange-out/pkg/usr/bin/tool$' }) | Should -Not -BeNullOrEmpty
+        ($listing | Where-Object { $_ -match 'melange-out/pkg/usr/bin/tool-hardlink link to melange-out/pkg/usr/bin/tool' }) | Should -Not -BeNullOrEmpty
+        ($listing | Where-Object { $_ -match ' LICENSE$' }) | Should -Not -BeNullOrEmpty
+        @(Get-ChildItem $TestDrive -Filter 'export.tar.partial-*').Count | Should -Be 0
+    }
+
+    It 'refuses an extra file outside the workspace' {
+        $script:exportPod | Export-MelangeWorkspace -Destination (Join-Path $TestDrive 'x') -ExtraFile '../../etc/passwd' -ErrorVariable errs -ErrorAction SilentlyContinue
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'BadExtraFile,*'
+        $errs[0].CategoryInfo.Category | Should -Be 'InvalidArgument'
+    }
+}
+
+Describe 'Bad input to Start-MelangePod' -Skip:$noBwrap {
+    It 'names the accepted units for a bad size' {
+        { $script:img | Start-MelangePod -Memory 4GB -ErrorAction Stop } | Should -Throw -ErrorId 'InvalidSize,*'
+        # A bad parameter value stops the cmdlet, as a parameter validation error does.
+        $err = { $script:img | Start-MelangePod -Disk lots -ErrorAction SilentlyContinue } | Should -Throw -ErrorId 'InvalidSize,*' -PassThru
+        $err.CategoryInfo.Category | Should -Be 'InvalidArgument'
+        $err.ErrorDetails.RecommendedAction | Should -Match 'Ki, Mi, Gi, Ti'
+    }
+
+    It 'says which mount source is missing' {
+        $missing = Join-Path $TestDrive 'no-such-dir'
+        $script:img | Start-MelangePod -Mount "${missing}:/opt/src" -ErrorVariable errs -ErrorAction SilentlyContinue
+        $errs.Count | Should -Be 1
+        $errs[0].FullyQualifiedErrorId | Should -BeLike 'MountSourceNotFound,*'
+        $errs[0].CategoryInfo.Category | Should -Be 'ObjectNotFound'
+        $errs[0].Exception.Message | Should -Match ([regex]::Escape($missing))
+    }
+
+    It 'refuses a mount that is not SOURCE:DESTINATION' {
+        { New-MelangePodConfig -Mount 'nocolon' -ErrorAction Stop } | Should -Throw -ErrorId 'BadMount,*'
+    }
+
+    It 'refuses an image imported for the other runner' {
+        $qemuImage = Import-MelangeImage -Path (Get-TestRootfs) -Runner qemu
+        try {
+            $qemuImage | Start-MelangePod -Runner bubblewrap -ErrorVariable errs -ErrorAction SilentlyContinue
+            $errs[0].FullyQualifiedErrorId | Should -BeLike 'WrongImageRunner,*'
+        } finally {
+            $qemuImage | Remove-MelangeImage -Confirm:$false
+        }
+    }
+
+    It 'refuses to remove an image that a live pod uses' {
+        $pod = $script:img | Start-MelangePod
+        try {
+            $script:img | Remove-MelangeImage -Confirm:$false -ErrorVariable errs -ErrorAction SilentlyContinue
+            $errs[0].FullyQualifiedErrorId | Should -BeLike 'ImageInUse,*'
+            Test-Path $script:img.Ref | Should -BeTrue
+        } finally {
+            $pod | Stop-MelangePod
+        }
+    }
+}
+
 Describe 'Get-MelangePodPlan' -Skip:$noBwrap {
     It 'shows the bwrap vector without running anything' {
         $ws = Join-Path $TestDrive 'planws'

@@ -129,7 +129,7 @@ Describe 'New-MelangeInitramfs from a config object' {
         $out = Join-Path $TestDrive 'from-config.cpio'
         $file = $config | New-MelangeInitramfs -OutputPath $out
         $file.FullName | Should -Be $out
-        $listing = cpio -it --quiet < $out
+        $listing = @(& cpio -it --quiet -F $out)
         $listing | Should -Contain 'usr/bin/cpio'
         $config.AdditionalPackages | Should -Be @('cpio') -Because 'the caller''s config object is not changed'
     }

@@ -38,6 +38,19 @@ public abstract class MelangeCmdlet : PSCmdlet, IDisposable
         }
     }
 
+    /// <summary>Runs engine work and writes its result; a failure becomes a non-terminating error about <paramref name="target"/>.</summary>
+    protected void WriteEngineResult<T>(Func<IEventSink, CancellationToken, Task<T>> work, object? target)
+    {
+        try
+        {
+            WriteObject(RunEngine(work));
+        }
+        catch (Exception e) when (IsReportable(e))
+        {
+            WriteEngineError(e, target);
+        }
+    }
+
     protected void RunEngine(Func<IEventSink, CancellationToken, Task> work) =>
         RunEngine<bool>(async (events, ct) => { await work(events, ct).ConfigureAwait(false); return true; });
 

@@ -155,23 +155,15 @@ public sealed class ExportMelangeWorkspaceCommand : MelangeCmdlet
 
     protected override void ProcessRecord()
     {
-        try
+        if (ParameterSetName == TarSet)
         {
-            var extra = Workspace.ValidateExtraFiles(ExtraFile);
-            if (ParameterSetName == TarSet)
-            {
-                var path = HostPath(AsTarPath);
-                WriteObject(RunEngine((events, ct) => Workspace.ExportToTarAsync(Pod, path, extra, events, ct)));
-            }
-            else
-            {
-                var path = HostPath(Destination);
-                WriteObject(RunEngine((events, ct) => Workspace.ExportToDirectoryAsync(Pod, path, extra, events, ct)));
-            }
+            var path = HostPath(AsTarPath);
+            WriteEngineResult((events, ct) => Workspace.ExportToTarAsync(Pod, path, ExtraFile, events, ct), Pod);
         }
-        catch (Exception e) when (IsReportable(e))
+        else
         {
-            WriteEngineError(e, Pod);
+            var path = HostPath(Destination);
+            WriteEngineResult((events, ct) => Workspace.ExportToDirectoryAsync(Pod, path, ExtraFile, events, ct), Pod);
         }
     }
 }
@@ -186,14 +178,7 @@ public sealed class GetMelangeReleaseDataCommand : MelangeCmdlet
 
     protected override void ProcessRecord()
     {
-        try
-        {
-            WriteObject(RunEngine((events, ct) => Pod.GetReleaseDataAsync(events, ct)));
-        }
-        catch (Exception e) when (IsReportable(e))
-        {
-            WriteEngineError(e, Pod);
-        }
+        WriteEngineResult((events, ct) => Pod.GetReleaseDataAsync(events, ct), Pod);
     }
 }
 

@@ -75,13 +75,14 @@ public static partial class Workspace
     }
 
     /// <summary>Streams the pod's workspace tar into a tar file (written whole or not at all).</summary>
-    public static async Task<FileInfo> ExportToTarAsync(Pod pod, string tarPath, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    public static async Task<FileInfo> ExportToTarAsync(Pod pod, string tarPath, IEnumerable<string>? extraFiles, IEventSink events, CancellationToken cancellationToken)
     {
+        var extra = ValidateExtraFiles(extraFiles);
         var full = Path.GetFullPath(tarPath);
         var partial = full + ".partial-" + Guid.NewGuid().ToString("N")[..8];
         try
         {
-            await using (var tar = await pod.WorkspaceTarAsync(extraFiles, events, cancellationToken).ConfigureAwait(false))
+            await using (var tar = await pod.WorkspaceTarAsync(extra, events, cancellationToken).ConfigureAwait(false))
             await using (var file = new FileStream(partial, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 16, FileOptions.Asynchronous))
             {
                 await CopyWithProgressAsync(tar, file, events, cancellationToken).ConfigureAwait(false);
@@ -96,11 +97,12 @@ public static partial class Workspace
     }
 
     /// <summary>Unpacks the pod's workspace tar under <paramref name="destination"/>, never outside it.</summary>
-    public static async Task<DirectoryInfo> ExportToDirectoryAsync(Pod pod, string destination, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
+    public static async Task<DirectoryInfo> ExportToDirectoryAsync(Pod pod, string destination, IEnumerable<string>? extraFiles, IEventSink events, CancellationToken cancellationToken)
     {
+        var extra = ValidateExtraFiles(extraFiles);
         var full = Path.GetFullPath(destination);
         Directory.CreateDirectory(full);
-        await using var tar = await pod.WorkspaceTarAsync(extraFiles, events, cancellationToken).ConfigureAwait(false);
+        await using var tar = await pod.WorkspaceTarAsync(extra, events, cancellationToken).ConfigureAwait(false);
         await using var counted = new ProgressStream(tar, events, "Exporting workspace");
         // Results belong to whoever exports them: owners are not carried over.
         await SafeTarExtractor.ExtractAsync(counted, full, new TarExtractOptions { PreserveOwners = false }, events, cancellationToken).ConfigureAwait(false);

@@ -48,16 +48,6 @@ public static partial class SizeParser
     /// <summary>Parses a size string to KiB, rounding down, as melange does.</summary>
     public static long ParseToKiB(string value, string what = "size") => ParseToBytes(value, what) / Units.KB;
 
-    /// <summary>Formats KiB back to the largest binary unit that divides it exactly.</summary>
-    public static string FormatKiB(long kib)
-    {
-        foreach (var (unit, shift) in new[] { ("Ti", 30), ("Gi", 20), ("Mi", 10) })
-        {
-            if (kib != 0 && kib % (1L << shift) == 0) return $"{kib >> shift}{unit}";
-        }
-        return $"{kib}Ki";
-    }
-
     private static MelangeException Bad(string? value, string what, string why) =>
         new(ErrorKind.InvalidArgument, "InvalidSize",
             $"The {what} '{value}' is not a valid size: {why}.",

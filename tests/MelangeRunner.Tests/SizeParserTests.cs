@@ -44,12 +44,6 @@ public class SizeParserTests
         Assert.Contains("Ki, Mi, Gi, Ti, K, M, G, T, k, m, g, t, B", e.Fix);
     }
 
-    [Theory]
-    [InlineData(4L * 1024 * 1024, "4Gi")]
-    [InlineData(1536, "1536Ki")]
-    [InlineData(2048, "2Mi")]
-    public void FormatsBack(long kib, string expected) => Assert.Equal(expected, SizeParser.FormatKiB(kib));
-
     [Fact]
     public void UnitsAreBinary()
     {

@@ -487,22 +487,28 @@ public sealed class QemuRunner : IRunner, IDebugger
     {
         RequireRunning(pod);
         // The build environment's os-release (the rootfs at /mount), not the initramfs's.
-        var output = new StringBuilder();
-        var code = await GuestSsh.RunAsync(pod.ControlClient!.Client, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release",
-            line => output.Append(line).Append('\n'), events.Verbose, cancellationToken).ConfigureAwait(false);
+        var (code, text) = await TryCaptureAsync(pod.ControlClient!.Client, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release",
+            events, cancellationToken).ConfigureAwait(false);
         if (code != 0)
             throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
                 "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef);
-        return ReleaseData.Parse(output.ToString());
+        return ReleaseData.Parse(text);
+    }
+
+    /// <summary>A command's exit status and standard output (stderr goes to Verbose).</summary>
+    private static async Task<(int Code, string Output)> TryCaptureAsync(SshClient client, string command, IEventSink events, CancellationToken ct)
+    {
+        var output = new StringBuilder();
+        var code = await GuestSsh.RunAsync(client, command, line => output.Append(line).Append('\n'), events.Verbose, ct).ConfigureAwait(false);
+        return (code, output.ToString());
     }
 
     private static async Task<string> CaptureAsync(SshClient client, string command, IEventSink events, CancellationToken ct)
     {
-        var output = new StringBuilder();
-        var code = await GuestSsh.RunAsync(client, command, line => output.Append(line).Append('\n'), events.Verbose, ct).ConfigureAwait(false);
+        var (code, output) = await TryCaptureAsync(client, command, events, ct).ConfigureAwait(false);
         if (code != 0)
             throw new MelangeException(ErrorKind.InvalidOperation, "GuestCommandFailed", $"The VM command '{command}' failed with status {code}.", "Run with -Verbose to see its messages.", command);
-        return output.ToString();
+        return output;
     }
 
     private static Task ControlAsync(Pod pod, string command, IEventSink events, CancellationToken ct) =>

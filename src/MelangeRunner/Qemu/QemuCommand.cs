@@ -31,6 +31,9 @@ public sealed record QemuLaunch
 
     /// <summary>A chatty kernel (debug loglevel=7) instead of quiet.</summary>
     public bool KernelDebug { get; init; }
+
+    /// <summary>The host formatted the scratch disk as ext4 (melange.scratch=ext4): the guest only mounts it.</summary>
+    public bool ScratchFormatted { get; init; }
 }
 
 /// <summary>The qemu argument vector, as melange's qemu runner builds it.</summary>
@@ -55,6 +58,7 @@ public static class QemuCommand
             parts.Add($"melange.net={net.Guest}/{net.PrefixLength},{net.Gateway},{net.Dns}");
         // The guest's address is static (no DHCP), so the search domains go to its resolv.conf this way.
         if (l.Environment.DnsSearch.Count > 0) parts.Add("melange.dns_search=" + string.Join(',', l.Environment.DnsSearch));
+        if (l.ScratchFormatted) parts.Add("melange.scratch=ext4");
         if (!string.IsNullOrWhiteSpace(l.Environment.KernelCmdline)) parts.Add(l.Environment.KernelCmdline!.Trim());
         parts.Add("sshkey=" + l.ClientPublicKeyBase64);
         parts.Add("melange_qemu_runner=1");

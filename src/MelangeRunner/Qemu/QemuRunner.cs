@@ -63,7 +63,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         }
         var virtiofs = env.UseVirtiofs && !string.IsNullOrEmpty(config.CacheDir) ? Path.Combine(Path.GetTempPath(), "melange-virtiofsd-<new>.sock") : null;
         var launch = Launch(config, image, env, kernel.BootPath, Path.Combine(Path.GetTempPath(), "melange-initramfs-<new>.cpio"),
-            Path.Combine(DisksDirectory(env), "melange-disk-<new>.img"), FreePort(), FreePort(), "<client public key>", virtiofs, env.Testing is not null);
+            Path.Combine(DisksDirectory(env), "melange-disk-<new>.img"), FreePort(), FreePort(), "<client public key>", virtiofs, env.Testing is not null, ScratchDisk.HostFormatter() is not null);
         return ToPlan(launch);
     }
 
@@ -78,7 +78,7 @@ public sealed class QemuRunner : IRunner, IDebugger
     };
 
     private static QemuLaunch Launch(PodConfig config, ImageInfo image, QemuEnvironment env, string kernel, string initrd,
-        string disk, int sshPort, int controlPort, string publicKeyBase64, string? virtiofsSocket, bool kernelDebug)
+        string disk, int sshPort, int controlPort, string publicKeyBase64, string? virtiofsSocket, bool kernelDebug, bool scratchFormatted)
     {
         var hostCpu = Environment.ProcessorCount;
         var configCpu = int.TryParse(config.CPU, out var c) && c > 0 ? c : 0;
@@ -104,6 +104,7 @@ public sealed class QemuRunner : IRunner, IDebugger
             ClientPublicKeyBase64 = publicKeyBase64,
             Environment = env,
             KernelDebug = kernelDebug,
+            ScratchFormatted = scratchFormatted,
         };
     }
 
@@ -174,7 +175,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
             hostKey.AuthorizedKeysLine, env.KernelModules, events, ct).ConfigureAwait(false);
 
-        state.DiskPath = CreateDisk(DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : DefaultDiskSize);
+        (state.DiskPath, var scratchFormatted) = ScratchDisk.Create(DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : DefaultDiskSize, events);
 
         if (!string.IsNullOrEmpty(config.CacheDir))
         {
@@ -183,7 +184,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         }
 
         var launch = Launch(config, pod.Image, env, kernel.BootPath, state.InitramfsPath, state.DiskPath, FreePort(), FreePort(),
-            Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")), state.VirtiofsSocket, env.Testing is not null);
+            Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")), state.VirtiofsSocket, env.Testing is not null, scratchFormatted);
         pod.SshAddress = $"{Loopback}:{launch.SshPort}";
         pod.SshControlAddress = $"{Loopback}:{launch.ControlPort}";
         events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)}");
@@ -236,24 +237,26 @@ public sealed class QemuRunner : IRunner, IDebugger
         InitramfsBuilder.SecureDelete(state.InitramfsPath);
         state.InitramfsPath = null;
 
-        var kernelVersion = await CaptureAsync(pod.ControlClient.Client, "uname -rv", events, ct).ConfigureAwait(false);
-        events.Verbose($"qemu: running kernel version: {kernelVersion.Trim()}");
+        // Each command is a round trip through an emulated network stack: the version is asked for
+        // alongside, and the cache mount, the copy-in and the unmount go as one command.
+        var kernelVersion = CaptureAsync(pod.ControlClient.Client, "uname -rv", events, ct);
 
         Step("Mounting the cache and copying the workspace in", 4);
+        var steps = new List<string>();
         if (!string.IsNullOrEmpty(config.CacheDir))
-            await ControlAsync(pod, state.VirtiofsSocket is not null
-                ? $"mkdir -p /mount{Defaults.CacheDir} && mount -t virtiofs melange_cache /mount{Defaults.CacheDir}"
-                : $"mkdir -p {Defaults.CacheDir} /mount{Defaults.CacheDir} /mount/upper /mount/work && chmod 1777 /mount/upper && " +
+            steps.Add(state.VirtiofsSocket is not null
+                ? $"melange-load-modules virtiofs && mkdir -p /mount{Defaults.CacheDir} && mount -t virtiofs melange_cache /mount{Defaults.CacheDir}"
+                : $"melange-load-modules overlay && mkdir -p {Defaults.CacheDir} /mount{Defaults.CacheDir} /mount/upper /mount/work && chmod 1777 /mount/upper && " +
                   $"mount -t 9p -o ro,trans=virtio melange_cache {Defaults.CacheDir} && " +
-                  $"mount -t overlay overlay -o lowerdir={Defaults.CacheDir},upperdir=/mount/upper,workdir=/mount/work /mount{Defaults.CacheDir}",
-                events, ct).ConfigureAwait(false);
-
-        await ControlAsync(pod, "mkdir -p /mount/mnt && if grep -q '^defaultshare ' /proc/mounts; then mount -t 9p -o remount,ro,trans=virtio defaultshare /mount/mnt; " +
-                                "else mount -t 9p -o ro,trans=virtio defaultshare /mount/mnt; fi", events, ct).ConfigureAwait(false);
+                  $"mount -t overlay overlay -o lowerdir={Defaults.CacheDir},upperdir=/mount/upper,workdir=/mount/work /mount{Defaults.CacheDir}");
+        // The guest's init mounted the workspace read-only at /mount/mnt.
+        steps.Add("grep -q '^defaultshare ' /proc/mounts || { mkdir -p /mount/mnt && mount -t 9p -o ro,trans=virtio defaultshare /mount/mnt; }");
         // As root in the chroot, then owned by the build user, so that the build can change it.
-        var copy = $"mkdir -p {Defaults.WorkspaceDir} && find /mnt/ -mindepth 1 -maxdepth 1 -exec cp -a {{}} {Defaults.WorkspaceDir}/ \\; && chown -R {ShellQuote.Quote(user)} {Defaults.WorkspaceDir}";
-        await RequireSuccess(pod, pod.ControlBuildClient.Client, copy, events, ct).ConfigureAwait(false);
-        await ControlAsync(pod, "umount /mount/mnt", events, ct).ConfigureAwait(false);
+        steps.Add("chroot /mount /bin/sh -c " + ShellQuote.Quote(
+            $"mkdir -p {Defaults.WorkspaceDir} && find /mnt/ -mindepth 1 -maxdepth 1 -exec cp -a {{}} {Defaults.WorkspaceDir}/ \\; && chown -R {ShellQuote.Quote(user)} {Defaults.WorkspaceDir}"));
+        steps.Add("umount /mount/mnt");
+        await ControlAsync(pod, string.Join(" && ", steps.Select(step => "{ " + step + "; }")), events, ct).ConfigureAwait(false);
+        events.Verbose($"qemu: running kernel version: {(await kernelVersion.ConfigureAwait(false)).Trim()}");
         Step("Ready", 6);
 
         async Task<SshClient> Connect(int port, string login)
@@ -297,16 +300,6 @@ public sealed class QemuRunner : IRunner, IDebugger
         process.BeginErrorReadLine();
         state.ConsoleSink = events;
         return process;
-    }
-
-    private static string CreateDisk(string directory, string size)
-    {
-        var bytes = SizeParser.ParseToKiB(size, "disk size") * Units.KB;
-        Directory.CreateDirectory(directory);
-        var path = Path.Combine(directory, $"melange-disk-{Guid.NewGuid():N}.img");
-        using (var file = new FileStream(path, FileMode.CreateNew, FileAccess.Write))
-            file.SetLength(bytes); // sparse: no blocks are written
-        return path;
     }
 
     private static async Task StartVirtiofsdAsync(Pod pod, QemuPodState state, QemuEnvironment env, IEventSink events, CancellationToken ct)

@@ -81,6 +81,8 @@ public static class OpenSshClient
                 "-o", "UserKnownHostsFile=" + knownHosts,
                 "-o", "GlobalKnownHostsFile=/dev/null",
                 "-o", "HostKeyAlgorithms=" + SshWire.AlgorithmOf(pinnedHostKeyBlob),
+                // The guest's half of the key exchange is emulated: P-256 first, as GuestSsh does.
+                "-o", "KexAlgorithms=^ecdh-sha2-nistp256",
                 "-o", "CheckHostIP=no",
                 "-o", "UpdateHostKeys=no",
                 "-o", "IdentitiesOnly=yes",

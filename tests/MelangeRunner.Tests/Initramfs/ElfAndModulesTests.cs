@@ -1,3 +1,4 @@
+using System.Text;
 using MelangeRunner.Qemu.Initramfs;
 using Xunit;
 using Xunit.Abstractions;
@@ -164,7 +165,7 @@ public class KernelModuleOrderTests
     {
         var order = KernelModules.LoadOrder(Parse(), new HashSet<string>(), new[] { ("ext4", false) }, "/m", NullEventSink.Instance);
         var text = KernelModules.FormatLoadList(order, "6.1.0-57-amd64");
-        Assert.Contains("ext4 kernel/fs/ext4/ext4.ko required\n", text);
+        Assert.Contains("ext4 kernel/fs/ext4/ext4.ko required boot1\n", text);
         Assert.StartsWith("#", text);
     }
 
@@ -181,6 +182,52 @@ public class KernelModuleOrderTests
         foreach (var n in new[] { "virtio_ring", "virtio", "virtio_pci", "virtio_console", "virtio_rng", "crc32c_generic", "ext4", "virtio_blk", "virtio_net", "9pnet", "9pnet_virtio", "9p" })
             Assert.Contains(n, names);
         Assert.True(names.IndexOf("virtio_console") < names.IndexOf("ext4"));
+    }
+
+    [Fact]
+    public void BootModulesSplitIntoIndependentChains()
+    {
+        var dep = Parse();
+        var order = KernelModules.LoadOrder(dep, new HashSet<string>(), new[] { ("virtio_pci", false), ("virtio_console", false), ("ext4", false) }, "/m", NullEventSink.Instance);
+        var chains = KernelModules.SplitIntoChains(order, dep, m => m.Name == "ext4" ? 2_000_000 : 50_000, 2);
+        Assert.Equal(order.Select(m => m.Name).Order(), chains.Select(m => m.Name).Order());
+        // ext4 and what it needs stay together, in order; no module depends on one in another chain.
+        var groupOf = chains.ToDictionary(m => m.Name, m => m.Group);
+        foreach (var m in chains)
+            foreach (var d in dep[m.Name].Deps.Select(KernelModules.NameFromPath).Where(groupOf.ContainsKey))
+                Assert.Equal(groupOf[d], m.Group);
+        Assert.Equal(2, chains.Select(m => m.Group).Distinct().Count());
+        Assert.All(chains, m => Assert.StartsWith(KernelModules.BootGroupPrefix, m.Group));
+        AssertDepsFirst(chains.Where(m => m.Group == groupOf["ext4"]).ToList(), dep);
+        // The heavy ext4 chain goes alone; the light parts share the other chain.
+        Assert.Equal(new[] { "virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci", "virtio_console" },
+            chains.Where(m => m.Group != groupOf["ext4"]).Select(m => m.Name));
+        Assert.Single(KernelModules.SplitIntoChains(order, dep, _ => 1, 1).Select(m => m.Group).Distinct());
+    }
+
+    [Fact]
+    public void OnDemandModulesComeAfterTheBootChains()
+    {
+        var dep = KernelModules.ParseModulesDep(new StringReader(Dep + "\nkernel/fs/overlayfs/overlay.ko:\nkernel/fs/fuse/virtiofs.ko: kernel/fs/fuse/fuse.ko kernel/drivers/virtio/virtio_ring.ko\nkernel/fs/fuse/fuse.ko:\n"));
+        var builtin = new HashSet<string> { "virtio_blk", "virtio_net", "9pnet_virtio", "9p", "virtio_rng", "crc32c_generic" };
+        var list = KernelModules.GuestLoadList(dep, builtin, "/m", _ => 1000, NullEventSink.Instance);
+        var demand = list.SkipWhile(m => m.Group.StartsWith(KernelModules.BootGroupPrefix, StringComparison.Ordinal)).ToList();
+        Assert.Equal(new[] { ("overlay", "overlay"), ("fuse", "virtiofs"), ("virtiofs", "virtiofs") }, demand.Select(m => (m.Name, m.Group)));
+        Assert.All(demand, m => Assert.True(m.Optional));
+        Assert.DoesNotContain(list, m => m.Name == "virtio_ring" && !m.Group.StartsWith(KernelModules.BootGroupPrefix, StringComparison.Ordinal));
+    }
+
+    [Fact]
+    public void SignaturesAreStripped()
+    {
+        var body = Encoding.ASCII.GetBytes("\x7fELF module body");
+        var signature = new byte[] { 0x30, 0x82, 1, 2, 3, 4, 5, 6, 7 };
+        var info = new byte[] { 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, (byte)signature.Length }; // PKCS#7, sig_len big-endian
+        var signed = body.Concat(signature).Concat(info).Concat(Encoding.ASCII.GetBytes("~Module signature appended~\n")).ToArray();
+        Assert.Equal(body, KernelModules.StripSignature(signed));
+        Assert.Equal(body, KernelModules.StripSignature(body));
+        Assert.True(KernelModules.ConfigForcesSignatures(new StringReader("CONFIG_MODULE_SIG=y\nCONFIG_MODULE_SIG_FORCE=y\n")));
+        Assert.False(KernelModules.ConfigForcesSignatures(new StringReader("CONFIG_MODULE_SIG=y\n# CONFIG_MODULE_SIG_FORCE is not set\n")));
     }
 
     internal static string? FindModulesDir()

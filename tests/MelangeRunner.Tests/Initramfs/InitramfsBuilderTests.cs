@@ -12,7 +12,8 @@ public class InitramfsBuilderTests
     public InitramfsBuilderTests(ITestOutputHelper output) => _out = output;
 
     private static InitramfsBuilder.CacheInputs Inputs() => new("x86_64", "/lib/modules/6.1.0-57-amd64", "dep:1:2", new[] { "strace" },
-        Encoding.ASCII.GetBytes("#!/bin/sh\n"), Encoding.ASCII.GetBytes("Port 22\n"), new[] { "/usr/sbin/sshd:/usr/sbin/sshd:100:5.0" });
+        new[] { Encoding.ASCII.GetBytes("#!/bin/sh\n"), Encoding.ASCII.GetBytes("#!/bin/sh\nexit 0\n"), Encoding.ASCII.GetBytes("Port 22\n") },
+        new[] { "/usr/sbin/sshd:/usr/sbin/sshd:100:5.0" });
 
     [Fact]
     public void CacheKeyChangesWithEveryInput()
@@ -29,8 +30,9 @@ public class InitramfsBuilderTests
             a with { ModulesStamp = "dep:1:3" },
             a with { AdditionalPackages = new[] { "strace", "gdb" } },
             a with { AdditionalPackages = Array.Empty<string>() },
-            a with { InitScript = Encoding.ASCII.GetBytes("#!/bin/sh\n#\n") },
-            a with { SshdConfig = Encoding.ASCII.GetBytes("Port 2222\n") },
+            a with { GuestFiles = new[] { Encoding.ASCII.GetBytes("#!/bin/sh\n#\n"), a.GuestFiles[1], a.GuestFiles[2] } },
+            a with { GuestFiles = new[] { a.GuestFiles[0], Encoding.ASCII.GetBytes("#!/bin/sh\n"), a.GuestFiles[2] } },
+            a with { GuestFiles = new[] { a.GuestFiles[0], a.GuestFiles[1], Encoding.ASCII.GetBytes("Port 2222\n") } },
             a with { HostFileStamps = new[] { "/usr/sbin/sshd:/usr/sbin/sshd:101:5.0" } },
             a with { HostFileStamps = new[] { "/usr/sbin/sshd:/usr/sbin/sshd:100:6.0" } },
         };
@@ -46,6 +48,9 @@ public class InitramfsBuilderTests
         Assert.Contains("/sbin/mke2fs", init);
         Assert.Contains("--xattrs-include='*'", init);
         Assert.Contains(KernelModules.LoadListName, init);
+        var loader = Encoding.UTF8.GetString(InitramfsBuilder.GuestFile("load-modules"));
+        Assert.Contains(KernelModules.LoadListName, loader);
+        Assert.Contains(KernelModules.BootGroupPrefix + "*)", loader);
         var sshd = Encoding.UTF8.GetString(InitramfsBuilder.GuestFile("sshd_config"));
         Assert.Contains("ChrootDirectory /mount", sshd);
         Assert.Contains("Match LocalPort 2223", sshd);
@@ -151,7 +156,7 @@ public class InitramfsBuilderTests
                 Assert.True(code == 0, err);
                 Assert.Equal(key, File.ReadAllBytes(Path.Combine(dest, "etc/ssh/ssh_host_ed25519_key")));
                 Assert.Equal("ssh-ed25519 AAAAC3 host\n", File.ReadAllText(Path.Combine(dest, "etc/ssh/ssh_host_ed25519_key.pub")));
-                Assert.Equal("9p kernel/fs/9p/9p.ko required", File.ReadAllLines(Path.Combine(dest, "lib/modules/6.1.0-test", KernelModules.LoadListName))[1]);
+                Assert.Equal("9p kernel/fs/9p/9p.ko required boot1", File.ReadAllLines(Path.Combine(dest, "lib/modules/6.1.0-test", KernelModules.LoadListName))[1]);
             }
         }
         finally

@@ -15,7 +15,7 @@ namespace MelangeRunner.Qemu.Initramfs;
 public static partial class InitramfsBuilder
 {
     /// <summary>Bumped whenever what the builder writes changes, so cached bases are rebuilt.</summary>
-    internal const string FormatVersion = "melange-runner-initramfs-1";
+    internal const string FormatVersion = "melange-runner-initramfs-2"; // 2: modules without signatures, in boot groups
 
     public const string BaseInitramfsVariable = "QEMU_BASE_INITRAMFS";
     public const string AdditionalPackagesVariable = "QEMU_ADDITIONAL_PACKAGES";
@@ -318,6 +318,7 @@ public static partial class InitramfsBuilder
         tree.AddCharDevice("dev/console", 5, 1, 0x180);
         tree.AddCharDevice("dev/null", 1, 3, 0x1B6);
         tree.AddData("init", GuestFile("init"), 0x1ED);
+        tree.AddData("usr/sbin/melange-load-modules", GuestFile("load-modules"), 0x1ED);
         tree.AddData("etc/ssh/sshd_config", GuestFile("sshd_config"), 0x1A4);
         tree.AddData("etc/passwd", Encoding.ASCII.GetBytes(
             "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534:sshd privilege separation:/run/sshd:/bin/false\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"));
@@ -331,7 +332,7 @@ public static partial class InitramfsBuilder
         return new BuildPlan(tree, closure);
     }
 
-    /// <summary>The modules the guest needs from a lib/modules/&lt;version&gt; tree, with the load list and modules.dep.</summary>
+    /// <summary>The modules the guest needs from a lib/modules/&lt;version&gt; tree, with their load list.</summary>
     internal static void AddModules(InitramfsTree tree, string modulesDir, IEventSink events, CancellationToken ct)
     {
         modulesDir = Path.GetFullPath(modulesDir).TrimEnd('/');
@@ -346,25 +347,54 @@ public static partial class InitramfsBuilder
         var builtin = new HashSet<string>(StringComparer.Ordinal);
         var builtinFile = Path.Combine(modulesDir, "modules.builtin");
         if (File.Exists(builtinFile)) using (var r = new StreamReader(builtinFile)) builtin = KernelModules.ParseBuiltin(r);
-        var order = KernelModules.LoadOrder(dep, builtin, KernelModules.GuestModules, modulesDir, events);
-        events.Verbose($"Kernel modules {version}, in load order: {string.Join(' ', order.Select(m => m.Name))}");
-        var prefix = "lib/modules/" + version + "/";
-        tree.AddDirectory(prefix);
-        foreach (var m in order)
+        var keepSignatures = KernelConfigForcesSignatures(modulesDir, version, events);
+        var contents = new Dictionary<string, byte[]>(StringComparer.Ordinal);
+        byte[] Contents(ModuleToLoad m)
         {
+            if (contents.TryGetValue(m.Name, out var data)) return data;
             ct.ThrowIfCancellationRequested();
             var src = Path.Combine(modulesDir, m.RelativePath);
             if (!File.Exists(src))
                 throw new MelangeException(ErrorKind.ObjectNotFound, "KernelModuleMissing", $"modules.dep lists '{m.RelativePath}', but '{src}' does not exist.",
                     "Reinstall the kernel's modules (the lib/modules/<version> tree is incomplete).", src);
-            var dest = prefix + KernelModules.DecompressedPath(m.RelativePath);
-            if (dest.EndsWith(".ko", StringComparison.Ordinal) && !src.EndsWith(".ko", StringComparison.Ordinal))
-                tree.AddData(dest, Decompress(src), 0x1A4);
-            else
-                tree.AddHostFile(dest, src, 0x1A4, new FileInfo(src).LastWriteTimeUtc.ToUnixTime());
+            data = src.EndsWith(".ko", StringComparison.Ordinal) ? File.ReadAllBytes(src) : Decompress(src);
+            return contents[m.Name] = keepSignatures ? data : KernelModules.StripSignature(data);
         }
-        tree.AddData(prefix + KernelModules.LoadListName, Encoding.UTF8.GetBytes(KernelModules.FormatLoadList(order, version)), 0x1A4);
-        tree.AddHostFile(prefix + "modules.dep", depFile, 0x1A4);
+        var list = KernelModules.GuestLoadList(dep, builtin, modulesDir, m => Contents(m).Length, events);
+        events.Verbose($"Kernel modules {version}, by group in load order: {string.Join("; ", list.GroupBy(m => m.Group).Select(g => g.Key + ": " + string.Join(' ', g.Select(m => m.Name))))}");
+        var prefix = "lib/modules/" + version + "/";
+        tree.AddDirectory(prefix);
+        foreach (var m in list)
+            tree.AddData(prefix + KernelModules.DecompressedPath(m.RelativePath), Contents(m), 0x1A4);
+        // The guest needs only this list (it has no modprobe); modules.dep would add half a megabyte to every boot.
+        tree.AddData(prefix + KernelModules.LoadListName, Encoding.UTF8.GetBytes(KernelModules.FormatLoadList(list, version)), 0x1A4);
+    }
+
+    /// <summary>
+    /// Whether the guest kernel enforces module signatures, from its build configuration beside the
+    /// modules (/boot/config-VERSION, as Debian installs and fetches it). Without one, signatures are
+    /// stripped: no distribution kernel sets CONFIG_MODULE_SIG_FORCE, and an unsigned module only taints.
+    /// </summary>
+    private static bool KernelConfigForcesSignatures(string modulesDir, string version, IEventSink events)
+    {
+        var candidates = new[]
+        {
+            Path.Combine(modulesDir, "config"),
+            Path.GetFullPath(Path.Combine(modulesDir, "../../../boot/config-" + version)),
+            Path.GetFullPath(Path.Combine(modulesDir, "../../../../boot/config-" + version)),
+            "/boot/config-" + version,
+        };
+        foreach (var config in candidates.Where(File.Exists))
+        {
+            using var reader = new StreamReader(config);
+            var forced = KernelModules.ConfigForcesSignatures(reader);
+            events.Verbose(forced
+                ? $"{config} enforces module signatures: the guest's modules keep theirs."
+                : $"{config} does not enforce module signatures: the guest's modules go without theirs (the kernel would hash each on load).");
+            return forced;
+        }
+        events.Verbose($"No kernel configuration found for {version}: the guest's modules go without their signatures.");
+        return false;
     }
 
     private static byte[] Decompress(string path)
@@ -493,7 +523,10 @@ public static partial class InitramfsBuilder
 
     /// <summary>What a cached base initramfs depends on.</summary>
     internal sealed record CacheInputs(string Arch, string? ModulesDir, string? ModulesStamp, IReadOnlyList<string> AdditionalPackages,
-        byte[] InitScript, byte[] SshdConfig, IReadOnlyList<string> HostFileStamps);
+        IReadOnlyList<byte[]> GuestFiles, IReadOnlyList<string> HostFileStamps);
+
+    /// <summary>The project's own files in the guest (embedded resources).</summary>
+    internal static readonly string[] GuestFileNames = { "init", "load-modules", "sshd_config" };
 
     internal static CacheInputs CacheInputsFor(string arch, string? modulesDir, IReadOnlyList<string> packages, IEventSink events)
     {
@@ -507,7 +540,7 @@ public static partial class InitramfsBuilder
             modulesDir = Path.GetFullPath(modulesDir).TrimEnd('/');
             modulesStamp = Stamp(Path.Combine(modulesDir, "modules.dep")) + "|" + Stamp(Path.Combine(modulesDir, "modules.builtin"));
         }
-        return new CacheInputs(arch, modulesDir, modulesStamp, packages, GuestFile("init"), GuestFile("sshd_config"), stamps);
+        return new CacheInputs(arch, modulesDir, modulesStamp, packages, GuestFileNames.Select(GuestFile).ToList(), stamps);
     }
 
     private static string Stamp(string path)
@@ -530,8 +563,7 @@ public static partial class InitramfsBuilder
         Add(inputs.ModulesDir == null ? null : Path.GetFileName(inputs.ModulesDir));
         Add(inputs.ModulesStamp);
         Add(string.Join(",", inputs.AdditionalPackages));
-        h.AppendData(SHA256.HashData(inputs.InitScript));
-        h.AppendData(SHA256.HashData(inputs.SshdConfig));
+        foreach (var file in inputs.GuestFiles) h.AppendData(SHA256.HashData(file));
         foreach (var s in inputs.HostFileStamps) Add(s);
         return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant()[..16];
     }

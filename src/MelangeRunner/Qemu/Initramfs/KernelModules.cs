@@ -1,7 +1,14 @@
 namespace MelangeRunner.Qemu.Initramfs;
 
 /// <summary>A module the guest loads, in order: its name, its path relative to lib/modules/&lt;version&gt;.</summary>
-public sealed record ModuleToLoad(string Name, string RelativePath, bool Optional);
+public sealed record ModuleToLoad(string Name, string RelativePath, bool Optional)
+{
+    /// <summary>
+    /// When the guest loads it: the boot chains (boot1, boot2: loaded side by side at boot, no
+    /// module in one depends on a module in another), or a named group loaded on demand (the cache's file systems).
+    /// </summary>
+    public string Group { get; init; } = KernelModules.BootGroupPrefix + "1";
+}
 
 /// <summary>
 /// The kernel modules the guest needs, and the order to load them in, computed on the host from
@@ -9,18 +16,84 @@ public sealed record ModuleToLoad(string Name, string RelativePath, bool Optiona
 /// </summary>
 public static class KernelModules
 {
-    /// <summary>The name of the load list written into lib/modules/&lt;version&gt;/ (lines "name path required|optional").</summary>
+    /// <summary>The name of the load list written into lib/modules/&lt;version&gt;/ (lines "name path required|optional group").</summary>
     public const string LoadListName = "melange-modules.load";
 
-    /// <summary>What the guest needs: the console and entropy first, then disks, network, ext4, 9p; the optional ones after.</summary>
+    /// <summary>Boot groups are named boot1, boot2…; the guest loads every group with this prefix at boot.</summary>
+    public const string BootGroupPrefix = "boot";
+
+    /// <summary>How many chains the boot modules are split into: the guest's default is 2 vCPUs.</summary>
+    public const int BootChains = 2;
+
+    /// <summary>
+    /// A module's load cost that does not depend on its size (an insmod process, the kernel's
+    /// bookkeeping), in bytes of module that cost as much: ~30 ms against ~0.15 s per MB under TCG.
+    /// </summary>
+    internal const long FixedLoadCostBytes = 192 * 1024;
+
+    /// <summary>What every guest loads at boot: the console and entropy first, then disks, network, ext4, 9p.</summary>
     public static readonly IReadOnlyList<(string Name, bool Optional)> GuestModules = new[]
     {
         ("virtio_pci", false), ("virtio_console", false), ("virtio_rng", false),
         ("virtio_blk", false), ("virtio_net", false),
         ("crc32c_generic", false), ("ext4", false),
         ("9pnet_virtio", false), ("9p", false),
-        ("virtio_mmio", true), ("overlay", true), ("virtiofs", true), ("af_packet", true),
     };
+
+    /// <summary>
+    /// Modules only a cache mount needs, loaded by the host's mount command (melange-load-modules
+    /// GROUP) instead of at boot: each costs boot time under TCG, and most pods have no cache.
+    /// </summary>
+    public static readonly IReadOnlyList<(string Group, string Name)> OnDemandModules = new[]
+    {
+        ("overlay", "overlay"), ("virtiofs", "virtiofs"),
+    };
+
+    /// <summary>
+    /// The guest's whole load list: the boot modules split into <see cref="BootChains"/> chains
+    /// balanced by <paramref name="sizeOf"/> (a module's bytes), then the on-demand groups (optional).
+    /// </summary>
+    public static List<ModuleToLoad> GuestLoadList(IReadOnlyDictionary<string, (string Path, IReadOnlyList<string> Deps)> modulesDep,
+        IReadOnlySet<string> builtin, string modulesDir, Func<ModuleToLoad, long> sizeOf, IEventSink events)
+    {
+        var list = SplitIntoChains(LoadOrder(modulesDep, builtin, GuestModules, modulesDir, events), modulesDep, sizeOf, BootChains);
+        var placed = list.Select(m => m.Name).ToHashSet(StringComparer.Ordinal);
+        foreach (var (group, name) in OnDemandModules)
+            foreach (var m in LoadOrder(modulesDep, builtin, new[] { (name, true) }, modulesDir, events))
+                if (placed.Add(m.Name)) list.Add(m with { Optional = true, Group = group });
+        return list;
+    }
+
+    /// <summary>
+    /// Splits modules (in load order) into at most <paramref name="chains"/> groups that share no
+    /// dependency (connected parts of the dependency graph stay together, in their order), the
+    /// heaviest part first into the lightest chain. Returned chain by chain, groups boot1, boot2….
+    /// </summary>
+    public static List<ModuleToLoad> SplitIntoChains(IReadOnlyList<ModuleToLoad> order,
+        IReadOnlyDictionary<string, (string Path, IReadOnlyList<string> Deps)> modulesDep, Func<ModuleToLoad, long> sizeOf, int chains)
+    {
+        var index = new Dictionary<string, int>(StringComparer.Ordinal);
+        for (int i = 0; i < order.Count; i++) index[order[i].Name] = i;
+        var parent = Enumerable.Range(0, order.Count).ToArray();
+        int Find(int i) { while (parent[i] != i) i = parent[i] = parent[parent[i]]; return i; }
+        for (int i = 0; i < order.Count; i++)
+            foreach (var dep in modulesDep.TryGetValue(order[i].Name, out var e) ? e.Deps : Array.Empty<string>())
+                if (index.TryGetValue(NameFromPath(dep), out var j)) parent[Find(i)] = Find(j);
+
+        var parts = Enumerable.Range(0, order.Count).GroupBy(Find)
+            .Select(g => (Members: g.ToList(), Weight: g.Sum(i => FixedLoadCostBytes + sizeOf(order[i]))))
+            .OrderByDescending(p => p.Weight).ThenBy(p => p.Members[0]).ToList();
+        var load = new long[Math.Max(1, chains)];
+        var chainOf = new int[order.Count];
+        foreach (var (members, weight) in parts)
+        {
+            var lightest = Array.IndexOf(load, load.Min());
+            load[lightest] += weight;
+            foreach (var i in members) chainOf[i] = lightest;
+        }
+        return Enumerable.Range(0, order.Count).OrderBy(i => chainOf[i]).ThenBy(i => i)
+            .Select(i => order[i] with { Group = BootGroupPrefix + (chainOf[i] + 1).ToString(System.Globalization.CultureInfo.InvariantCulture) }).ToList();
+    }
 
     /// <summary>Module names treat - and _ alike; the kernel uses _.</summary>
     public static string NormalizeName(string name) => name.Replace('-', '_');
@@ -112,10 +185,37 @@ public static class KernelModules
         return order.Select(m => requiredNames.Contains(m.Name) ? m with { Optional = false } : m).ToList();
     }
 
-    /// <summary>The load list file's text ("name path required|optional" per line).</summary>
+    /// <summary>The load list file's text ("name path required|optional group" per line).</summary>
     public static string FormatLoadList(IEnumerable<ModuleToLoad> modules, string version) =>
-        $"# kernel modules for {version}, dependencies first (computed from modules.dep by MelangeRunner)\n" +
-        string.Concat(modules.Select(m => $"{m.Name} {DecompressedPath(m.RelativePath)} {(m.Optional ? "optional" : "required")}\n"));
+        $"# kernel modules for {version}, dependencies first within each group (computed from modules.dep by MelangeRunner)\n" +
+        string.Concat(modules.Select(m => $"{m.Name} {DecompressedPath(m.RelativePath)} {(m.Optional ? "optional" : "required")} {m.Group}\n"));
+
+    private static readonly byte[] SignatureMagic = "~Module signature appended~\n"u8.ToArray();
+
+    /// <summary>
+    /// The module without its appended signature (struct module_signature, then the magic string),
+    /// or unchanged when it has none. The kernel hashes a signed module on every load (generic
+    /// SHA-256, slow under TCG) and skips the check for an unsigned one unless signatures are enforced.
+    /// </summary>
+    public static byte[] StripSignature(byte[] module)
+    {
+        const int InfoSize = 12; // algo, hash, id_type, signer_len, key_id_len, pad[3], sig_len (big-endian)
+        if (module.Length < SignatureMagic.Length + InfoSize || !module.AsSpan(module.Length - SignatureMagic.Length).SequenceEqual(SignatureMagic))
+            return module;
+        var info = module.AsSpan(module.Length - SignatureMagic.Length - InfoSize, InfoSize);
+        long signed = (long)module.Length - SignatureMagic.Length - InfoSize
+            - System.Buffers.Binary.BinaryPrimitives.ReadUInt32BigEndian(info[8..]) - info[3] - info[4];
+        return signed > 0 ? module[..(int)signed] : module;
+    }
+
+    /// <summary>Whether the kernel's build configuration enforces module signatures (CONFIG_MODULE_SIG_FORCE=y).</summary>
+    public static bool ConfigForcesSignatures(TextReader config)
+    {
+        string? line;
+        while ((line = config.ReadLine()) != null)
+            if (line.Trim() == "CONFIG_MODULE_SIG_FORCE=y") return true;
+        return false;
+    }
 
     /// <summary>Where a module lands in the initramfs: compressed modules are stored decompressed as .ko.</summary>
     public static string DecompressedPath(string relativePath)

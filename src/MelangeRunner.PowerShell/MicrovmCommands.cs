@@ -37,7 +37,7 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
     [Parameter]
     public string[]? ExtraKey { get; set; }
 
-    /// <summary>A lib/modules/&lt;version&gt; tree whose guest modules to include.</summary>
+    /// <summary>A lib/modules/&lt;version&gt; tree whose guest modules to include (default: those of the kernel pods boot).</summary>
     [Parameter]
     public string? KernelModules { get; set; }
 
@@ -67,7 +67,7 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
         try
         {
             var arch = string.IsNullOrEmpty(Arch) ? Images.Architecture.Host : Arch;
-            RunEngine((events, ct) => InitramfsBuilder.GenerateBaseAsync(arch, config, modules, output, events, ct));
+            RunEngine((events, ct) => InitramfsBuilder.GenerateBaseAsync(arch, config, modules ?? InitramfsBuilder.ModulesOfBootedKernel(arch, events), output, events, ct));
             WriteObject(new FileInfo(output));
         }
         catch (Exception e) when (IsReportable(e))

@@ -164,3 +164,64 @@ Describe 'A qemu pod that dies' -Skip:$noQemu {
         $pod.State | Should -Be 'Stopped'
     }
 }
+
+Describe 'A qemu pod with a cache directory' -Skip:$noQemu {
+    It 'sees the host cache read-only under an overlay (its modules loaded on demand)' {
+        $cache = Join-Path $TestDrive 'cache'
+        $null = New-Item -ItemType Directory -Force $cache
+        Set-Content (Join-Path $cache 'seed') 'cached on the host'
+        $pod = $script:img | Start-MelangePod -CacheDir $cache -Memory 512Mi -Cpu 1
+        try {
+            $pod | Invoke-MelangePod -Command sh, -c, 'cat /var/cache/melange/seed && echo made-in-vm > /var/cache/melange/added && cat /var/cache/melange/added' |
+                Should -Be @('cached on the host', 'made-in-vm')
+            # melange without virtiofs: 9p read-only plus an overlay, so the VM's writes stay in the VM.
+            Test-Path -LiteralPath (Join-Path $cache 'added') | Should -BeFalse
+            $pod | Invoke-MelangePod -Command sh, -c, 'grep " /var/cache/melange " /proc/mounts | cut -d" " -f3' | Should -Be 'overlay'
+        } finally {
+            $pod | Stop-MelangePod
+        }
+    }
+}
+
+Describe 'A qemu VM whose SSH server presents another host key' -Skip:$noQemu {
+    BeforeAll {
+        $script:oldBase = $env:QEMU_BASE_INITRAMFS
+    }
+    AfterAll {
+        $env:QEMU_BASE_INITRAMFS = $script:oldBase
+    }
+
+    It 'is refused before any log-in, and the failed start leaves nothing behind' {
+        if (-not (Get-Command ssh-keygen -ErrorAction Ignore)) { Set-ItResult -Skipped -Because 'ssh-keygen (openssh-client) is not installed' }
+        # A base initramfs whose sshd_config points at an impostor key of its own: the VM boots
+        # normally, but its SSH server is not the one whose key the runner generated and pinned.
+        $dir = Join-Path $TestDrive 'impostor'
+        $null = New-Item -ItemType Directory -Force (Join-Path $dir 'root/etc/ssh')
+        # Without -KernelModules the base holds the modules of the kernel pods boot, as the runner's own does.
+        $null = New-MelangeInitramfs -OutputPath (Join-Path $dir 'base.cpio')
+        $config = & bash -c "cd '$dir' && cpio -i --quiet --to-stdout etc/ssh/sshd_config < base.cpio"
+        $config | Should -Contain 'HostKey /etc/ssh/ssh_host_ed25519_key'
+        ($config -replace '^HostKey .*', 'HostKey /etc/ssh/impostor_key') | Set-Content (Join-Path $dir 'root/etc/ssh/sshd_config')
+        & ssh-keygen -q -t ed25519 -N '' -C impostor -f (Join-Path $dir 'root/etc/ssh/impostor_key')
+        # The kernel unpacks concatenated archives in turn, later entries replacing earlier ones.
+        & bash -c "cd '$dir/root' && find etc | cpio -o -H newc --quiet -R 0:0 > ../overlay.cpio && cd .. && cat base.cpio overlay.cpio > impostor.cpio"
+        $LASTEXITCODE | Should -Be 0
+        $env:QEMU_BASE_INITRAMFS = Join-Path $dir 'impostor.cpio'
+
+        $qemuBefore = @(Get-Process qemu-system-* -ErrorAction Ignore).Id
+        $tempBefore = @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -ErrorAction Ignore).Name
+        $err = $null
+        try {
+            $script:img | Start-MelangePod -Memory 512Mi -Cpu 1 -ErrorAction Stop | Stop-MelangePod
+        } catch {
+            $err = $_
+        }
+        $err | Should -Not -BeNullOrEmpty -Because 'a server with another host key must be refused'
+        $err.FullyQualifiedErrorId | Should -BeLike "HostKeyMismatch,*" -Because $err.Exception.Message
+        $err.Exception.Message | Should -Match 'host key'
+        $err.CategoryInfo.Category | Should -Be 'SecurityError'
+        @(Get-Process qemu-system-* -ErrorAction Ignore).Id | Where-Object { $_ -notin $qemuBefore } | Should -BeNullOrEmpty
+        @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -ErrorAction Ignore).Name | Where-Object { $_ -notin $tempBefore } |
+            Should -BeNullOrEmpty -Because 'the disk, the initramfs copy and the workspace are removed'
+    }
+}

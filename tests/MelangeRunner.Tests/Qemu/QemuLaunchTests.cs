@@ -107,6 +107,38 @@ public class QemuLaunchTests
     }
 
     [Fact]
+    public void AHostFormattedScratchDiskIsAnnounced()
+    {
+        Assert.DoesNotContain("melange.scratch", QemuCommand.KernelCommandLine(Launch()));
+        Assert.Contains(" melange.scratch=ext4 ", QemuCommand.KernelCommandLine(Launch() with { ScratchFormatted = true }));
+    }
+
+    [Fact]
+    public void TheScratchDiskIsSparseAndFormattedWhenTheHostCan()
+    {
+        var dir = Directory.CreateTempSubdirectory("melange-scratch-test-").FullName;
+        try
+        {
+            var (path, formatted) = ScratchDisk.Create(dir, "4Gi", NullEventSink.Instance);
+            Assert.Equal(4L << 30, new FileInfo(path).Length);
+            Assert.Equal(ScratchDisk.HostFormatter() is not null, formatted);
+            if (formatted)
+            {
+                // The ext4 superblock's magic, 0xEF53 at byte 1080.
+                using var f = File.OpenRead(path);
+                f.Position = 1080;
+                Assert.Equal(new byte[] { 0x53, 0xEF }, new[] { (byte)f.ReadByte(), (byte)f.ReadByte() });
+            }
+            Assert.Throws<MelangeException>(() => ScratchDisk.Create(dir, "4 parsecs", NullEventSink.Instance));
+            Assert.Single(Directory.GetFiles(dir));
+        }
+        finally
+        {
+            Directory.Delete(dir, true);
+        }
+    }
+
+    [Fact]
     public void EnvironmentVariablesReachTheCommandLine()
     {
         var vars = new Dictionary<string, string>

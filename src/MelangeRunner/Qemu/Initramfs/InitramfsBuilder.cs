@@ -5,6 +5,8 @@ using System.Text;
 using System.Text.RegularExpressions;
 using MelangeRunner.Images;
 
+using MelangeRunner.Qemu.Kernel;
+
 namespace MelangeRunner.Qemu.Initramfs;
 
 /// <summary>
@@ -88,6 +90,25 @@ public static partial class InitramfsBuilder
 
     // ---------------------------------------------------------------------------------------
     // Base
+
+    /// <summary>
+    /// The modules of the kernel that qemu pods of <paramref name="arch"/> boot (what a pod's own
+    /// base initramfs holds), or null, with a Verbose note, when no kernel or no modules are found.
+    /// </summary>
+    public static string? ModulesOfBootedKernel(string arch, IEventSink events)
+    {
+        try
+        {
+            var kernel = KernelLocator.Locate(arch, events);
+            if (kernel.ModulesDir is null) events.Verbose($"The kernel {kernel.BootPath} has no lib/modules tree beside it: the initramfs holds no modules.");
+            return kernel.ModulesDir;
+        }
+        catch (MelangeException e)
+        {
+            events.Verbose($"No kernel for {arch} found ({e.Message}): the initramfs holds no modules.");
+            return null;
+        }
+    }
 
     internal static void GenerateBase(string arch, MicrovmConfig config, string? modulesDir, string outputPath, IEventSink events, CancellationToken ct)
     {

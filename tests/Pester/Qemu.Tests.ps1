@@ -225,3 +225,36 @@ Describe 'A qemu VM whose SSH server presents another host key' -Skip:$noQemu {
             Should -BeNullOrEmpty -Because 'the disk, the initramfs copy and the workspace are removed'
     }
 }
+
+Describe 'A qemu VM that cannot load its kernel modules' -Skip:$noQemu {
+    BeforeAll {
+        $script:oldBase = $env:QEMU_BASE_INITRAMFS
+    }
+    AfterAll {
+        $env:QEMU_BASE_INITRAMFS = $script:oldBase
+    }
+
+    It 'fails to start with an error that points at the initramfs''s modules' {
+        # An empty module list replaces the base's: the guest has no console, no disks, no network.
+        $dir = Join-Path $TestDrive 'nomodules'
+        $null = New-Item -ItemType Directory -Force $dir
+        $null = New-MelangeInitramfs -OutputPath (Join-Path $dir 'base.cpio')
+        $list = & bash -c "cd '$dir' && cpio -it --quiet < base.cpio | grep '/melange-modules.load$'"
+        $list | Should -Not -BeNullOrEmpty
+        $null = New-Item -ItemType Directory -Force (Join-Path $dir "root/$(Split-Path $list)")
+        Set-Content (Join-Path $dir "root/$list") '# nothing'
+        & bash -c "cd '$dir/root' && find . -type f | cpio -o -H newc --quiet -R 0:0 > ../empty.cpio && cd .. && cat base.cpio empty.cpio > nomodules.cpio"
+        $LASTEXITCODE | Should -Be 0
+        $env:QEMU_BASE_INITRAMFS = Join-Path $dir 'nomodules.cpio'
+        $err = $null
+        try {
+            $script:img | Start-MelangePod -Memory 512Mi -Cpu 1 -ErrorAction Stop | Stop-MelangePod
+        } catch {
+            $err = $_
+        }
+        $err | Should -Not -BeNullOrEmpty
+        $err.FullyQualifiedErrorId | Should -BeLike 'VmExited,*' -Because $err.Exception.Message
+        $err.Exception.Message | Should -Match '\(nothing\)'
+        $err.ErrorDetails.RecommendedAction | Should -Match 'virtio_console.*New-MelangeInitramfs'
+    }
+}

@@ -193,6 +193,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         state.Qemu = StartQemu(program, QemuCommand.Build(launch), state, events);
         pod.QemuPid = state.Qemu.Id;
 
+        var kernelVersionHint = kernel.Version ?? Path.GetFileName(kernel.BootPath);
         var deadline = config.Timeout > TimeSpan.Zero && config.Timeout < DefaultBootTimeout ? config.Timeout : DefaultBootTimeout;
         var watch = Stopwatch.StartNew();
         try
@@ -203,9 +204,13 @@ public sealed class QemuRunner : IRunner, IDebugger
         {
             // Let the console pump drain what the guest said before it died.
             if (state.Qemu.HasExited) state.Qemu.WaitForExit();
+            // The console is a virtio port: a guest that cannot load virtio_console says nothing at all.
+            var fix = state.ConsoleIsEmpty
+                ? "The guest printed nothing, which happens when it cannot load its console driver (virtio_console): the initramfs lacks the booted kernel's modules. " +
+                  $"Check QEMU_BASE_INITRAMFS (build it with New-MelangeInitramfs for this kernel) and that QEMU_KERNEL_MODULES matches the kernel {kernelVersionHint}."
+                : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
             throw new MelangeException(e.Kind, e.ErrorId,
-                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
-                "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.", pod.Id, e);
+                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}", fix, pod.Id, e);
         }
         events.Verbose($"qemu: SSH banner after {watch.Elapsed.TotalSeconds:F1} s");
         // qemu holds the scratch disk open: unlinking it now means that even a host process killed
@@ -570,6 +575,8 @@ public sealed class QemuRunner : IRunner, IDebugger
             while (_console.Count > ConsoleLinesKept) _console.TryDequeue(out _);
             ConsoleSink?.Verbose("console: " + line);
         }
+
+        public bool ConsoleIsEmpty => _console.IsEmpty;
 
         public string ConsoleTail() => _console.IsEmpty ? "  (nothing)" : string.Join(Environment.NewLine, _console.Select(l => "  " + l));
     }

@@ -78,7 +78,8 @@ try {
                     $m = $_.Message
                     if ($m -like 'Running: *qemu-system*') { $marks.QemuStarted = $t }
                     elseif ($m -like 'qemu: SSH banner after*') { $marks.Banner = $t }
-                    elseif ($m -like 'qemu: running kernel version*') { $marks.LoggedIn = $t }
+                    # The first command after the three log-ins: cache mount, copy-in and unmount in one.
+                    elseif ($m -like 'Running over SSH as *' -and -not $marks.Contains('LoggedIn')) { $marks.LoggedIn = $t }
                     elseif ($m -match 'melange-init: kernel \S+, init started at ([0-9.]+)s') { $phases.init = [double]$Matches[1] }
                     elseif ($m -match 'melange-init: phase (\S+) done at [0-9.]+s \(\+([0-9.]+)s\)') { $phases[$Matches[1]] = [double]$Matches[2] }
                 } else { $pod = $_ }
@@ -94,8 +95,8 @@ try {
             Ms        = $total
             HostPrepMs = $marks['QemuStarted']
             BootMs    = $marks['Banner'] - $marks['QemuStarted']     # qemu started -> SSH banner read
-            LoginMs   = $marks['LoggedIn'] - $marks['Banner']        # three SSH log-ins + uname
-            CopyInMs  = $total - $marks['LoggedIn']                  # 9p mount, workspace copy, umount
+            LoginMs   = $marks['LoggedIn'] - $marks['Banner']        # the three SSH log-ins
+            CopyInMs  = $total - $marks['LoggedIn']                  # one command: cache mount, workspace copy, umount (uname alongside)
             Phases    = [pscustomobject]$phases
             StopMs    = $stop.Elapsed.TotalMilliseconds
         }

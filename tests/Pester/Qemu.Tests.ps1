@@ -226,6 +226,22 @@ Describe 'A qemu VM whose SSH server presents another host key' -Skip:$noQemu {
     }
 }
 
+Describe 'A qemu VM whose init fails after its SSH server started' -Skip:$noQemu {
+    It 'fails to start with the init''s reason, not a hang' {
+        # The rootfs (about 2 MB) cannot fit on a 1 MiB scratch disk: the init's unpacking fails
+        # after it started sshd, while the host waits for it to finish.
+        $err = $null
+        try {
+            $script:img | Start-MelangePod -Disk 1Mi -Memory 512Mi -Cpu 1 -ErrorAction Stop | Stop-MelangePod
+        } catch {
+            $err = $_
+        }
+        $err | Should -Not -BeNullOrEmpty
+        $err.FullyQualifiedErrorId | Should -BeLike 'VmExited,*' -Because $err.Exception.Message
+        $err.Exception.Message | Should -Match 'FATAL: unpacking the rootfs'
+    }
+}
+
 Describe 'A qemu VM that cannot load its kernel modules' -Skip:$noQemu {
     BeforeAll {
         $script:oldBase = $env:QEMU_BASE_INITRAMFS

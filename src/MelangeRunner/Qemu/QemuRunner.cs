@@ -202,15 +202,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         }
         catch (MelangeException e)
         {
-            // Let the console pump drain what the guest said before it died.
-            if (state.Qemu.HasExited) state.Qemu.WaitForExit();
-            // The console is a virtio port: a guest that cannot load virtio_console says nothing at all.
-            var fix = state.ConsoleIsEmpty
-                ? "The guest printed nothing, which happens when it cannot load its console driver (virtio_console): the initramfs lacks the booted kernel's modules. " +
-                  $"Check QEMU_BASE_INITRAMFS (build it with New-MelangeInitramfs for this kernel) and that QEMU_KERNEL_MODULES matches the kernel {kernelVersionHint}."
-                : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
-            throw new MelangeException(e.Kind, e.ErrorId,
-                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}", fix, pod.Id, e);
+            throw BootFailure(e);
         }
         events.Verbose($"qemu: SSH banner after {watch.Elapsed.TotalSeconds:F1} s");
         // qemu holds the scratch disk open: unlinking it now means that even a host process killed
@@ -218,51 +210,105 @@ public sealed class QemuRunner : IRunner, IDebugger
         File.Delete(state.DiskPath);
         state.DiskPath = null;
 
+        // Our init starts sshd before it unpacks the rootfs, so the root clients log in while the
+        // guest works: sshd chroots a root session only when it starts a command. A non-root build
+        // user waits for /run/melange-ready: sshd resolves that user and chroots it into /mount at
+        // log-in. An init that does not announce itself in /run/melange-init (another
+        // QEMU_BASE_INITRAMFS) is taken as ready at the banner.
         Step("Connecting over SSH", 3);
         var user = string.IsNullOrEmpty(config.RunAs) ? "root" : config.RunAs!;
-        // The three log-ins are independent: side by side they cost one handshake's time, not three.
-        var logins = new[] { Connect(launch.SshPort, user), Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root") };
-        try
-        {
-            await Task.WhenAll(logins).ConfigureAwait(false);
-        }
-        catch
-        {
-            foreach (var login in logins)
-                if (login.IsCompletedSuccessfully) login.Result.Dispose();
-            throw;
-        }
-        pod.BuildClient = new PodSshClient("build", logins[0].Result);
-        pod.ControlClient = new PodSshClient("control", logins[1].Result);
-        pod.ControlBuildClient = new PodSshClient("control-build", logins[2].Result);
-        foreach (var client in new[] { pod.BuildClient, pod.ControlClient, pod.ControlBuildClient })
-            state.Keepalives.Add(new SshKeepalive(client.Client, client.Role, reason => OnVmDead(pod, state, reason)));
-
+        var early = await LogInAll(user == "root"
+            ? new[] { Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root"), Connect(launch.SshPort, "root") }
+            : new[] { Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root") }).ConfigureAwait(false);
+        var control = early[0];
+        pod.ControlClient = new PodSshClient("control", control);
+        pod.ControlBuildClient = new PodSshClient("control-build", early[1]);
+        if (user == "root") pod.BuildClient = new PodSshClient("build", early[2]);
         // The VM has read its initramfs: the host key's only copy on disk goes now.
         InitramfsBuilder.SecureDelete(state.InitramfsPath);
         state.InitramfsPath = null;
+        await WaitUntilGuestReadyAsync().ConfigureAwait(false);
 
-        // Each command is a round trip through an emulated network stack: the version is asked for
-        // alongside, and the cache mount, the copy-in and the unmount go as one command.
-        var kernelVersion = CaptureAsync(pod.ControlClient.Client, "uname -rv", events, ct);
-
+        // Side by side: the build user's log-in, and over control the copy-in (one command: each is
+        // a round trip through an emulated network stack) and the kernel version.
         Step("Mounting the cache and copying the workspace in", 4);
-        var steps = new List<string>();
-        if (!string.IsNullOrEmpty(config.CacheDir))
-            steps.Add(state.VirtiofsSocket is not null
-                ? $"melange-load-modules virtiofs && mkdir -p /mount{Defaults.CacheDir} && mount -t virtiofs melange_cache /mount{Defaults.CacheDir}"
-                : $"melange-load-modules overlay && mkdir -p {Defaults.CacheDir} /mount{Defaults.CacheDir} /mount/upper /mount/work && chmod 1777 /mount/upper && " +
-                  $"mount -t 9p -o ro,trans=virtio melange_cache {Defaults.CacheDir} && " +
-                  $"mount -t overlay overlay -o lowerdir={Defaults.CacheDir},upperdir=/mount/upper,workdir=/mount/work /mount{Defaults.CacheDir}");
-        // The guest's init mounted the workspace read-only at /mount/mnt.
-        steps.Add("grep -q '^defaultshare ' /proc/mounts || { mkdir -p /mount/mnt && mount -t 9p -o ro,trans=virtio defaultshare /mount/mnt; }");
-        // As root in the chroot, then owned by the build user, so that the build can change it.
-        steps.Add("chroot /mount /bin/sh -c " + ShellQuote.Quote(
-            $"mkdir -p {Defaults.WorkspaceDir} && find /mnt/ -mindepth 1 -maxdepth 1 -exec cp -a {{}} {Defaults.WorkspaceDir}/ \\; && chown -R {ShellQuote.Quote(user)} {Defaults.WorkspaceDir}"));
-        steps.Add("umount /mount/mnt");
-        await ControlAsync(pod, string.Join(" && ", steps.Select(step => "{ " + step + "; }")), events, ct).ConfigureAwait(false);
+        var build = pod.BuildClient is null ? Connect(launch.SshPort, user) : null;
+        var copyIn = ControlAsync(pod, CopyInCommand(config, state, user), events, ct);
+        var kernelVersion = CaptureAsync(control, "uname -rv", events, ct);
+        if (build is not null)
+        {
+            try
+            {
+                pod.BuildClient = new PodSshClient("build", await build.ConfigureAwait(false));
+            }
+            catch
+            {
+                // The VM is torn down next; what the other commands say then is of no interest.
+                _ = Task.WhenAll(copyIn, kernelVersion).ContinueWith(t => t.Exception, TaskScheduler.Default);
+                throw;
+            }
+        }
+        foreach (var client in new[] { pod.BuildClient!, pod.ControlClient, pod.ControlBuildClient })
+            state.Keepalives.Add(new SshKeepalive(client.Client, client.Role, reason => OnVmDead(pod, state, reason)));
+        await copyIn.ConfigureAwait(false);
         events.Verbose($"qemu: running kernel version: {(await kernelVersion.ConfigureAwait(false)).Trim()}");
         Step("Ready", 6);
+
+        MelangeException BootFailure(MelangeException e)
+        {
+            // Let the console pump drain what the guest said before it died.
+            if (state.Qemu.HasExited) state.Qemu.WaitForExit();
+            // The console is a virtio port: a guest that cannot load virtio_console says nothing at all.
+            var fix = state.ConsoleIsEmpty
+                ? "The guest printed nothing, which happens when it cannot load its console driver (virtio_console): the initramfs lacks the booted kernel's modules. " +
+                  $"Check QEMU_BASE_INITRAMFS (build it with New-MelangeInitramfs for this kernel) and that QEMU_KERNEL_MODULES matches the kernel {kernelVersionHint}."
+                : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
+            return new MelangeException(e.Kind, e.ErrorId,
+                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}", fix, pod.Id, e);
+        }
+
+        async Task WaitUntilGuestReadyAsync()
+        {
+            using var bounded = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            bounded.CancelAfter(deadline - watch.Elapsed is { Ticks: > 0 } left ? left : TimeSpan.Zero);
+            int code;
+            try
+            {
+                code = await GuestSsh.RunAsync(control, "if [ -e /run/melange-init ]; then while [ ! -e /run/melange-ready ]; do usleep 20000; done; fi",
+                    events.Verbose, events.Verbose, bounded.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException) when (!ct.IsCancellationRequested)
+            {
+                throw BootFailure(new MelangeException(ErrorKind.OperationTimeout, "SshNotReady",
+                    $"The VM's SSH server answered, but its init did not finish within {deadline.TotalSeconds:0.#} s.", null, pod.Id));
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw BootFailure(NotReady(e.Message, e));
+            }
+            if (code != 0) throw BootFailure(NotReady($"status {code}", null));
+            events.Verbose($"qemu: guest ready after {watch.Elapsed.TotalSeconds:F1} s");
+        }
+
+        static async Task<SshClient[]> LogInAll(Task<SshClient>[] logins)
+        {
+            try
+            {
+                return await Task.WhenAll(logins).ConfigureAwait(false);
+            }
+            catch
+            {
+                foreach (var login in logins)
+                    if (login.IsCompletedSuccessfully) login.Result.Dispose();
+                throw;
+            }
+        }
+
+        MelangeException NotReady(string why, Exception? inner) =>
+            // A failing init powers the VM off: give qemu a moment to exit before telling the two apart.
+            state.Qemu.WaitForExit(5000)
+                ? new MelangeException(ErrorKind.InvalidOperation, "VmExited", "The VM exited before its init finished.", null, pod.Id, inner)
+                : new MelangeException(ErrorKind.ConnectionError, "GuestNotReady", $"Waiting for the VM's init to finish failed ({why}).", null, pod.Id, inner);
 
         async Task<SshClient> Connect(int port, string login)
         {
@@ -284,6 +330,24 @@ public sealed class QemuRunner : IRunner, IDebugger
         if (pod.State is PodState.Stopping or PodState.Stopped) return;
         state.DeadReason ??= reason;
         pod.State = PodState.Failed;
+    }
+
+    /// <summary>The cache mount, the workspace copy (as root in the chroot, then owned by <paramref name="user"/>) and the share's unmount, as one control command.</summary>
+    private static string CopyInCommand(PodConfig config, QemuPodState state, string user)
+    {
+        var steps = new List<string>();
+        if (!string.IsNullOrEmpty(config.CacheDir))
+            steps.Add(state.VirtiofsSocket is not null
+                ? $"melange-load-modules virtiofs && mkdir -p /mount{Defaults.CacheDir} && mount -t virtiofs melange_cache /mount{Defaults.CacheDir}"
+                : $"melange-load-modules overlay && mkdir -p {Defaults.CacheDir} /mount{Defaults.CacheDir} /mount/upper /mount/work && chmod 1777 /mount/upper && " +
+                  $"mount -t 9p -o ro,trans=virtio melange_cache {Defaults.CacheDir} && " +
+                  $"mount -t overlay overlay -o lowerdir={Defaults.CacheDir},upperdir=/mount/upper,workdir=/mount/work /mount{Defaults.CacheDir}");
+        // Our init mounted the workspace read-only at /mount/mnt.
+        steps.Add("grep -q '^defaultshare ' /proc/mounts || { mkdir -p /mount/mnt && mount -t 9p -o ro,trans=virtio defaultshare /mount/mnt; }");
+        steps.Add("chroot /mount /bin/sh -c " + ShellQuote.Quote(
+            $"mkdir -p {Defaults.WorkspaceDir} && find /mnt/ -mindepth 1 -maxdepth 1 -exec cp -a {{}} {Defaults.WorkspaceDir}/ \\; && chown -R {ShellQuote.Quote(user)} {Defaults.WorkspaceDir}"));
+        steps.Add("umount /mount/mnt");
+        return string.Join(" && ", steps.Select(step => "{ " + step + "; }"));
     }
 
     private static Process StartQemu(string program, string[] args, QemuPodState state, IEventSink events)

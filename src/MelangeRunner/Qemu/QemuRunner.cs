@@ -217,9 +217,18 @@ public sealed class QemuRunner : IRunner, IDebugger
         // QEMU_BASE_INITRAMFS) is taken as ready at the banner.
         Step("Connecting over SSH", 3);
         var user = string.IsNullOrEmpty(config.RunAs) ? "root" : config.RunAs!;
-        var early = await LogInAll(user == "root"
-            ? new[] { Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root"), Connect(launch.SshPort, "root") }
-            : new[] { Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root") }).ConfigureAwait(false);
+        SshClient[] early;
+        try
+        {
+            early = await LogInAll(user == "root"
+                ? new[] { Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root"), Connect(launch.SshPort, "root") }
+                : new[] { Connect(launch.ControlPort, "root"), Connect(launch.SshPort, "root") }).ConfigureAwait(false);
+        }
+        catch (MelangeException e) when (e.ErrorId == "SshLoginFailed" && state.Qemu.WaitForExit(5000))
+        {
+            // The init failed (and powered off) while the clients were logging in.
+            throw BootFailure(new MelangeException(ErrorKind.InvalidOperation, "VmExited", "The VM exited before its init finished.", null, pod.Id, e));
+        }
         var control = early[0];
         pod.ControlClient = new PodSshClient("control", control);
         pod.ControlBuildClient = new PodSshClient("control-build", early[1]);

@@ -242,6 +242,22 @@ Describe 'A qemu VM whose init fails after its SSH server started' -Skip:$noQemu
     }
 }
 
+Describe 'A qemu pod for a -RunAs user that the image lacks' -Skip:$noQemu {
+    It 'fails to start, naming the user, and leaves no VM behind' {
+        $qemuBefore = @(Get-Process qemu-system-* -ErrorAction Ignore).Id
+        $err = $null
+        try {
+            $script:img | Start-MelangePod -RunAs nosuchuser -Memory 512Mi -Cpu 1 -ErrorAction Stop | Stop-MelangePod
+        } catch {
+            $err = $_
+        }
+        $err.FullyQualifiedErrorId | Should -BeLike 'SshLoginFailed,*' -Because "$err"
+        $err.Exception.Message | Should -Match "'nosuchuser'"
+        $err.ErrorDetails.RecommendedAction | Should -Match 'nosuchuser.*/bin/sh'
+        @(Get-Process qemu-system-* -ErrorAction Ignore).Id | Where-Object { $_ -notin $qemuBefore } | Should -BeNullOrEmpty
+    }
+}
+
 Describe 'A qemu VM that cannot load its kernel modules' -Skip:$noQemu {
     BeforeAll {
         $script:oldBase = $env:QEMU_BASE_INITRAMFS

@@ -227,7 +227,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         catch (MelangeException e) when (e.ErrorId == "SshLoginFailed" && state.Qemu.WaitForExit(5000))
         {
             // The init failed (and powered off) while the clients were logging in.
-            throw BootFailure(new MelangeException(ErrorKind.InvalidOperation, "VmExited", "The VM exited before its init finished.", null, pod.Id, e));
+            throw BootFailure(ExitedBeforeReady(e));
         }
         var control = early[0];
         pod.ControlClient = new PodSshClient("control", control);
@@ -313,10 +313,13 @@ public sealed class QemuRunner : IRunner, IDebugger
             }
         }
 
+        MelangeException ExitedBeforeReady(Exception? inner) =>
+            new(ErrorKind.InvalidOperation, "VmExited", "The VM exited before its init finished.", null, pod.Id, inner);
+
         MelangeException NotReady(string why, Exception? inner) =>
             // A failing init powers the VM off: give qemu a moment to exit before telling the two apart.
             state.Qemu.WaitForExit(5000)
-                ? new MelangeException(ErrorKind.InvalidOperation, "VmExited", "The VM exited before its init finished.", null, pod.Id, inner)
+                ? ExitedBeforeReady(inner)
                 : new MelangeException(ErrorKind.ConnectionError, "GuestNotReady", $"Waiting for the VM's init to finish failed ({why}).", null, pod.Id, inner);
 
         async Task<SshClient> Connect(int port, string login)

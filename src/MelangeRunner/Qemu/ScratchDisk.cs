@@ -1,5 +1,3 @@
-using System.Diagnostics;
-
 namespace MelangeRunner.Qemu;
 
 /// <summary>
@@ -44,15 +42,11 @@ public static class ScratchDisk
             events.Verbose("No mke2fs on the host (e2fsprogs): the guest formats the scratch disk.");
             return false;
         }
-        var start = new ProcessStartInfo(mke2fs) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in FormatOptions.Append(path)) start.ArgumentList.Add(a);
-        events.Verbose("Running: " + ShellQuote.Join(FormatOptions.Prepend(mke2fs).Append(path)));
-        using var process = Process.Start(start)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        var stdout = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        if (process.ExitCode == 0) return true;
-        events.Verbose($"mke2fs exited with {process.ExitCode} ({(stderr.Result + stdout).Trim()}): the guest formats the scratch disk.");
+        var arguments = FormatOptions.Append(path).ToArray();
+        events.Verbose("Running: " + ShellQuote.Join(arguments.Prepend(mke2fs)));
+        var (code, output) = PodProcess.Capture(mke2fs, arguments);
+        if (code == 0) return true;
+        events.Verbose($"mke2fs exited with {code} ({output.Trim()}): the guest formats the scratch disk.");
         return false;
     }
 }

@@ -43,11 +43,28 @@ internal sealed class PipelineEventSink : IEventSink, IDisposable
         catch (InvalidOperationException) { /* adding completed: the work is over */ }
     }
 
-    /// <summary>Runs <paramref name="work"/> in the background, writing its events here until it ends.</summary>
+    /// <summary>
+    /// Runs <paramref name="work"/> in the background, writing its events here until it ends.
+    /// Returns only when the work has ended, even when the pipeline is stopped: a write then
+    /// throws PipelineStoppedException, but the work is still cleaning up (a VM shutting down,
+    /// a partial file being removed), and returning early would let pwsh exit under it.
+    /// </summary>
     public T Pump<T>(Task<T> work)
     {
         work.ContinueWith(_ => _queue.CompleteAdding(), TaskScheduler.Default);
-        foreach (var write in _queue.GetConsumingEnumerable()) write();
+        PipelineStoppedException? stopped = null;
+        foreach (var write in _queue.GetConsumingEnumerable())
+        {
+            if (stopped is not null) continue; // drained unwritten: nothing can be written any more
+            try { write(); }
+            catch (PipelineStoppedException e) { stopped = e; }
+        }
+        if (stopped is not null)
+        {
+            // The work saw the same stop through its token; its own exception does not matter now.
+            _ = work.Exception;
+            throw stopped;
+        }
         foreach (var activity in _progressIds.Keys.ToList())
             WriteProgress(new ProgressReport(activity, "Done", 0, null), completed: true);
         return work.GetAwaiter().GetResult();

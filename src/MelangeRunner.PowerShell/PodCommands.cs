@@ -61,7 +61,17 @@ public sealed class StartMelangePodCommand : PodLaunchCmdlet
         {
             var pod = RunEngine((events, ct) => Pod.StartAsync(Runner, config, Image, events, ct));
             PodTracker.Add(pod);
-            WriteObject(pod);
+            try
+            {
+                WriteObject(pod);
+            }
+            catch (PipelineStoppedException)
+            {
+                // Stopped just as the pod became ready: nobody holds it, so it goes now, not at exit.
+                PodTracker.Remove(pod);
+                pod.Dispose();
+                throw;
+            }
         }
         catch (Exception e) when (IsReportable(e))
         {

@@ -55,7 +55,10 @@ public sealed class Pod : IDisposable
     internal IRunner RunnerImplementation { get; }
 
     /// <summary>Set when the engine created the workspace, so that stopping removes it.</summary>
-    internal bool OwnsWorkspace { get; set; }
+    internal bool OwnsWorkspace => _workspaceWatch is not null;
+
+    // The reaper's registration of a workspace the engine created (removed if the process dies).
+    private HostProcess.Reaper.Registration? _workspaceWatch;
 
     /// <summary>Runner-specific state that must not be shown (temp paths, keys).</summary>
     internal object? RunnerState { get; set; }
@@ -73,15 +76,17 @@ public sealed class Pod : IDisposable
         config.WorkspaceDir = ownsWorkspace
             ? Directory.CreateTempSubdirectory("melange-workspace-").FullName
             : Directory.CreateDirectory(config.WorkspaceDir!).FullName;
+        var workspaceWatch = ownsWorkspace ? HostProcess.Reaper.WatchPath(config.WorkspaceDir) : null;
         try
         {
             var pod = await runner.StartPodAsync(config, image, events, cancellationToken).ConfigureAwait(false);
-            pod.OwnsWorkspace = ownsWorkspace;
+            pod._workspaceWatch = workspaceWatch;
             return pod;
         }
         catch
         {
             if (ownsWorkspace) Workspace.DeleteTree(config.WorkspaceDir);
+            workspaceWatch?.Dispose();
             throw;
         }
     }
@@ -124,10 +129,17 @@ public sealed class Pod : IDisposable
         }
         finally
         {
-            if (OwnsWorkspace && Config.WorkspaceDir is { } ws && Directory.Exists(ws))
+            if (OwnsWorkspace && Config.WorkspaceDir is { } ws)
             {
-                try { Directory.Delete(ws, recursive: true); }
-                catch (Exception e) { events.Warning($"Could not remove the pod's workspace {ws}: {e.Message}"); }
+                try
+                {
+                    Workspace.DeleteTree(ws);
+                    _workspaceWatch!.Dispose();
+                }
+                catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+                {
+                    events.Warning($"Could not remove the pod's workspace {ws}: {e.Message}");
+                }
             }
             State = PodState.Stopped;
         }

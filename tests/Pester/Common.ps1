@@ -65,3 +65,45 @@ function Invoke-AndStop {
         $ps.Dispose()
     }
 }
+
+# Starts another pwsh (the same one that runs the tests) on a script, with its own TMPDIR
+# when given, and standard output readable line by line: for the tests that kill PowerShell.
+function Start-ChildPwsh {
+    param([Parameter(Mandatory)][string]$Script, [string]$TempDirectory)
+    $host_ = [Environment]::ProcessPath
+    $start = [Diagnostics.ProcessStartInfo]::new($host_)
+    # A pwsh run as a .NET tool is 'dotnet pwsh.dll'; an installed one is its own executable.
+    if ([IO.Path]::GetFileName($host_) -eq 'dotnet') { $start.ArgumentList.Add((Join-Path $PSHOME 'pwsh.dll')) }
+    foreach ($a in '-NoProfile', '-NonInteractive', '-Command', $Script) { $start.ArgumentList.Add($a) }
+    $start.RedirectStandardOutput = $true
+    $start.RedirectStandardInput = $true
+    $start.UseShellExecute = $false
+    if ($TempDirectory) { $start.Environment['TMPDIR'] = $TempDirectory }
+    [Diagnostics.Process]::Start($start)
+}
+
+# Reads lines of a child's output until one matches $Pattern (returned), failing after $TimeoutSeconds.
+function Wait-ChildLine {
+    param([Parameter(Mandatory)][Diagnostics.Process]$Process, [Parameter(Mandatory)][string]$Pattern, [int]$TimeoutSeconds = 240)
+    $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
+    $seen = [Collections.Generic.List[string]]::new()
+    while ($true) {
+        $left = $deadline - [DateTime]::UtcNow
+        $read = $Process.StandardOutput.ReadLineAsync()
+        if ($left -le [TimeSpan]::Zero -or -not $read.Wait($left)) { throw "No line matching '$Pattern' within $TimeoutSeconds s; the child said: $($seen -join ' | ')" }
+        $line = $read.Result
+        if ($null -eq $line) { throw "The child ended without a line matching '$Pattern'; it said: $($seen -join ' | ')" }
+        if ($line -match $Pattern) { return $line }
+        $seen.Add($line)
+    }
+}
+
+# Waits until a condition holds (a process gone, a file removed), failing after $TimeoutSeconds.
+function Wait-Until {
+    param([Parameter(Mandatory)][scriptblock]$Condition, [int]$TimeoutSeconds = 20, [string]$Because = 'the condition')
+    $deadline = [DateTime]::UtcNow.AddSeconds($TimeoutSeconds)
+    while (-not (& $Condition)) {
+        if ([DateTime]::UtcNow -gt $deadline) { throw "Timed out after $TimeoutSeconds s waiting for $Because." }
+        Start-Sleep -Milliseconds 100
+    }
+}

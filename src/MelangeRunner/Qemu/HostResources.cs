@@ -88,26 +88,33 @@ public static class HostResources
         return free > 0 ? free : 16_000_000;
     }
 
-    private static readonly Dictionary<string, bool> KvmProbes = new();
+    private static readonly Dictionary<string, KvmDecision> KvmProbes = new();
+
+    /// <summary>Whether KVM can run this qemu's VMs here (see <see cref="Kvm"/>).</summary>
+    public static bool KvmUsable(string qemuProgram, string machine) => Kvm(qemuProgram, machine).Usable;
 
     /// <summary>
-    /// Whether KVM can run this qemu's VMs here, probed once per process. A /dev/kvm that
-    /// opens is not enough: on some nested hosts it creates VMs, yet qemu aborts setting up
-    /// the vCPU ("failed to set MSR 0x10a"). So qemu itself starts paused with KVM and the
-    /// host CPU model, and is told over QMP to quit; exit status 0 means KVM works.
+    /// Whether KVM can run this qemu's VMs here, and why, decided once per process from host
+    /// facts (<see cref="KvmDecision.Decide"/>). qemu itself is started paused with KVM only
+    /// when the cheaper facts do not already say no.
     /// </summary>
-    public static bool KvmUsable(string qemuProgram, string machine)
+    public static KvmDecision Kvm(string qemuProgram, string machine)
     {
         lock (KvmProbes)
         {
             var key = qemuProgram + " " + machine;
-            if (!KvmProbes.TryGetValue(key, out var usable))
-                KvmProbes[key] = usable = DeviceOpens() && QemuStartsWithKvm(qemuProgram, machine);
-            return usable;
+            if (!KvmProbes.TryGetValue(key, out var decision))
+            {
+                var facts = KvmHostFacts.Read();
+                decision = KvmDecision.Decide(facts, null);
+                if (decision.Usable) decision = KvmDecision.Decide(facts, QemuStartsWithKvm(qemuProgram, machine));
+                KvmProbes[key] = decision;
+            }
+            return decision;
         }
     }
 
-    private static bool DeviceOpens()
+    internal static bool DeviceOpens()
     {
         var fd = Open("/dev/kvm", O_RDWR | O_CLOEXEC);
         if (fd < 0) return false;

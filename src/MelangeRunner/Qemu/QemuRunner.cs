@@ -3,6 +3,7 @@ using System.Diagnostics;
 using System.Net;
 using System.Net.Sockets;
 using System.Text;
+using MelangeRunner.HostProcess;
 using MelangeRunner.Images;
 using MelangeRunner.Qemu.Initramfs;
 using MelangeRunner.Qemu.Kernel;
@@ -47,8 +48,8 @@ public sealed class QemuRunner : IRunner, IDebugger
         {
             return new RunnerInfo(Name, false, e.Message + " " + e.Fix, null);
         }
-        return new RunnerInfo(Name, true,
-            HostResources.KvmUsable(program, MachineForProbe(Architecture.Host)) ? null : "KVM is not usable here: VMs run under TCG (slower).", null);
+        var kvm = HostResources.Kvm(program, MachineForProbe(Architecture.Host));
+        return new RunnerInfo(Name, true, kvm.Usable ? null : $"KVM is not used: {kvm.Reason}. VMs run under TCG (slower).", null);
     }
 
     /// <summary>The launch of <paramref name="config"/>, with the per-pod files named but not made.</summary>
@@ -174,8 +175,10 @@ public sealed class QemuRunner : IRunner, IDebugger
         var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct).ConfigureAwait(false);
         state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
             hostKey.AuthorizedKeysLine, env.KernelModules, events, ct).ConfigureAwait(false);
+        state.Watch(state.InitramfsPath, Reaper.WatchPath(state.InitramfsPath, secret: true));
 
         (state.DiskPath, var scratchFormatted) = ScratchDisk.Create(DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : DefaultDiskSize, events);
+        state.Watch(state.DiskPath, Reaper.WatchPath(state.DiskPath));
 
         if (!string.IsNullOrEmpty(config.CacheDir))
         {
@@ -187,10 +190,12 @@ public sealed class QemuRunner : IRunner, IDebugger
             Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")), state.VirtiofsSocket, env.Testing is not null, scratchFormatted);
         pod.SshAddress = $"{Loopback}:{launch.SshPort}";
         pod.SshControlAddress = $"{Loopback}:{launch.ControlPort}";
-        events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)}");
+        events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)}" +
+            (launch.Arch == launch.HostArch ? $" (KVM: {HostResources.Kvm(program, MachineForProbe(Architecture.Host)).Reason})" : ""));
 
         Step("Booting the VM", 2);
         state.Qemu = StartQemu(program, QemuCommand.Build(launch), state, events);
+        state.Watch("qemu", Reaper.Watch(state.Qemu));
         pod.QemuPid = state.Qemu.Id;
 
         var kernelVersionHint = kernel.Version ?? Path.GetFileName(kernel.BootPath);
@@ -208,6 +213,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         // qemu holds the scratch disk open: unlinking it now means that even a host process killed
         // outright leaves no 50 GiB file behind; the space is freed when qemu exits.
         File.Delete(state.DiskPath);
+        state.Unwatch(state.DiskPath);
         state.DiskPath = null;
 
         // Our init starts sshd before it unpacks the rootfs, so the root clients log in while the
@@ -235,6 +241,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         if (user == "root") pod.BuildClient = new PodSshClient("build", early[2]);
         // The VM has read its initramfs: the host key's only copy on disk goes now.
         InitramfsBuilder.SecureDelete(state.InitramfsPath);
+        state.Unwatch(state.InitramfsPath);
         state.InitramfsPath = null;
         await WaitUntilGuestReadyAsync().ConfigureAwait(false);
 
@@ -399,6 +406,8 @@ public sealed class QemuRunner : IRunner, IDebugger
             start.ArgumentList.Add(a);
         events.Verbose("Running: " + ShellQuote.Join(new[] { virtiofsd }.Concat(start.ArgumentList)));
         state.Virtiofsd = Process.Start(start)!;
+        state.Watch("virtiofsd", Reaper.Watch(state.Virtiofsd));
+        state.Watch(state.VirtiofsSocket, Reaper.WatchPath(state.VirtiofsSocket));
         state.Virtiofsd.OutputDataReceived += (_, e) => { if (e.Data is { } l) events.Verbose("virtiofsd: " + l); };
         state.Virtiofsd.ErrorDataReceived += (_, e) => { if (e.Data is { } l) events.Verbose("virtiofsd: " + l); };
         state.Virtiofsd.BeginOutputReadLine();
@@ -512,6 +521,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         state.VirtiofsSocket = null;
         state.ClientKey?.Dispose();
         state.ClientKey = null;
+        state.UnwatchAll(); // everything above is gone: the reaper has nothing left to do for this pod
     }
 
     private static async Task<bool> ExitsWithin(Process process, TimeSpan timeout)
@@ -644,6 +654,29 @@ public sealed class QemuRunner : IRunner, IDebugger
         public List<SshKeepalive> Keepalives { get; } = new();
         public string? DeadReason { get; set; }
         public IEventSink? ConsoleSink { get; set; }
+
+        // What the reaper removes if the module's process dies before CleanUpAsync: by path, or "qemu"/"virtiofsd".
+        private readonly Dictionary<string, Reaper.Registration> _watches = new(StringComparer.Ordinal);
+
+        public void Watch(string key, Reaper.Registration registration)
+        {
+            lock (_watches) _watches[key] = registration;
+        }
+
+        public void Unwatch(string key)
+        {
+            lock (_watches)
+                if (_watches.Remove(key, out var registration)) registration.Dispose();
+        }
+
+        public void UnwatchAll()
+        {
+            lock (_watches)
+            {
+                foreach (var registration in _watches.Values) registration.Dispose();
+                _watches.Clear();
+            }
+        }
 
         public void AddConsoleLine(string line)
         {

@@ -10,8 +10,13 @@ namespace MelangeRunner.Ssh;
 /// </summary>
 public sealed class OpenSshSession : IDisposable
 {
-    internal OpenSshSession(string fileName, IReadOnlyList<string> arguments, string directory, string knownHostsPath, string identityPath)
+    private readonly HostProcess.Reaper.Registration _identityWatch, _directoryWatch;
+
+    internal OpenSshSession(string fileName, IReadOnlyList<string> arguments, string directory, string knownHostsPath, string identityPath,
+        HostProcess.Reaper.Registration identityWatch, HostProcess.Reaper.Registration directoryWatch)
     {
+        _identityWatch = identityWatch;
+        _directoryWatch = directoryWatch;
         FileName = fileName;
         Arguments = arguments;
         Directory = directory;
@@ -36,6 +41,8 @@ public sealed class OpenSshSession : IDisposable
         OpenSshClient.SecureDelete(IdentityPath);
         try { File.Delete(KnownHostsPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        _identityWatch.Dispose();
+        _directoryWatch.Dispose();
     }
 }
 
@@ -65,6 +72,8 @@ public static class OpenSshClient
             "Install it: sudo apt-get install openssh-client (Debian/Ubuntu), or the openssh-client package of your distribution.", "ssh");
 
         var directory = System.IO.Directory.CreateTempSubdirectory("melange-ssh-").FullName;
+        var directoryWatch = HostProcess.Reaper.WatchPath(directory);
+        var identityWatch = HostProcess.Reaper.WatchPath(Path.Combine(directory, "id"), secret: true);
         try
         {
             File.SetUnixFileMode(directory, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
@@ -102,12 +111,14 @@ public static class OpenSshClient
                 args.Add("--");
                 args.Add(commandLine);
             }
-            return new OpenSshSession(ssh, args, directory, knownHosts, identity);
+            return new OpenSshSession(ssh, args, directory, knownHosts, identity, identityWatch, directoryWatch);
         }
         catch
         {
             SecureDelete(Path.Combine(directory, "id"));
             try { System.IO.Directory.Delete(directory, recursive: true); } catch (IOException) { }
+            identityWatch.Dispose();
+            directoryWatch.Dispose();
             throw;
         }
     }

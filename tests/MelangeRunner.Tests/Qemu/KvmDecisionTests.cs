@@ -1,0 +1,66 @@
+using MelangeRunner.Qemu;
+using Xunit;
+
+namespace MelangeRunner.Tests.Qemu;
+
+/// <summary>The accelerator decision on host facts recorded from the hosts users bring.</summary>
+public class KvmDecisionTests
+{
+    // /proc/cpuinfo flags lines, shortened, as recorded.
+    private const string KvmPvmHost = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr pae mce cx8 apic sep mtrr hypervisor lahf_lm abm\n";
+    private const string IntelBareMetal = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr vmx smx est tm2 ssse3\n";
+    private const string AmdBareMetal = "processor\t: 0\nflags\t\t: fpu vme de pse tsc msr svm extapic cr8_legacy\n";
+
+    [Fact]
+    public void A_kvm_pvm_host_whose_device_opens_and_whose_qemu_starts_runs_TCG()
+    {
+        // This project's own machine kind: /dev/kvm opens, qemu starts a paused KVM vCPU, guests never boot.
+        var facts = new KvmHostFacts(true, true, KvmHostFacts.CpuInfoShowsVirtualization(KvmPvmHost), "kvm_pvm");
+        var d = KvmDecision.Decide(facts, qemuStarted: true);
+        Assert.False(d.Usable);
+        Assert.Contains("kvm_pvm", d.Reason);
+    }
+
+    [Fact]
+    public void A_CPU_without_vmx_or_svm_runs_TCG_even_when_qemu_starts()
+    {
+        var d = KvmDecision.Decide(new KvmHostFacts(true, true, KvmHostFacts.CpuInfoShowsVirtualization(KvmPvmHost), null), qemuStarted: true);
+        Assert.False(d.Usable);
+        Assert.Contains("vmx or svm", d.Reason);
+    }
+
+    [Fact]
+    public void No_device_runs_TCG()
+    {
+        var d = KvmDecision.Decide(new KvmHostFacts(false, true, true, null), qemuStarted: null);
+        Assert.False(d.Usable);
+        Assert.Contains("/dev/kvm", d.Reason);
+    }
+
+    [Fact]
+    public void Hardware_virtualization_needs_qemu_to_start_a_vcpu_too()
+    {
+        // The nested host where qemu aborts on MSR 0x10a: flags say yes, qemu says no.
+        var facts = new KvmHostFacts(true, true, KvmHostFacts.CpuInfoShowsVirtualization(IntelBareMetal), null);
+        Assert.True(KvmDecision.Decide(facts, qemuStarted: null).Usable); // worth probing
+        Assert.False(KvmDecision.Decide(facts, qemuStarted: false).Usable);
+        Assert.True(KvmDecision.Decide(facts, qemuStarted: true).Usable);
+    }
+
+    [Theory]
+    [InlineData(IntelBareMetal, true)]
+    [InlineData(AmdBareMetal, true)]
+    [InlineData(KvmPvmHost, false)]
+    [InlineData("", false)]
+    [InlineData("flags\t\t: fpu svm_lock vmxe\n", false)] // whole words only
+    public void Cpu_flags_are_read_as_words(string cpuinfo, bool expected) =>
+        Assert.Equal(expected, KvmHostFacts.CpuInfoShowsVirtualization(cpuinfo));
+
+    [Fact]
+    public void Arm_hosts_have_no_flag_to_read_and_rely_on_the_qemu_probe()
+    {
+        var facts = new KvmHostFacts(true, false, false, null);
+        Assert.True(KvmDecision.Decide(facts, qemuStarted: true).Usable);
+        Assert.False(KvmDecision.Decide(facts, qemuStarted: false).Usable);
+    }
+}

@@ -1,0 +1,144 @@
+# What every way of ending PowerShell leaves behind: nothing. docs/cleanup.md is the table
+# (phase x signal x runner) that these tests fill in.
+BeforeDiscovery {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+    $noQemu = -not (Test-MelangeRunner -Name qemu)
+    $noBwrap = -not (Test-MelangeRunner -Name bubblewrap)
+}
+
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+
+    # The per-pod files a qemu or bubblewrap pod makes in the temp directory (images excluded: they outlive a session by design).
+    function Get-PodLeftover([string]$Directory) {
+        Get-ChildItem -LiteralPath $Directory -Force -ErrorAction Ignore |
+            Where-Object Name -Match '^melange-(initramfs|disk|workspace|virtiofsd|ssh|extrafiles)-' |
+            ForEach-Object FullName
+    }
+
+    function Get-ChildQemu {
+        Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | Where-Object {
+            $stat = Get-Content -LiteralPath "/proc/$($_.Name)/stat" -Raw -ErrorAction Ignore
+            $stat -and $stat -match '\(qemu-system-[^)]*\) \S+ (\d+) ' -and [int]$Matches[1] -eq $PID
+        } | ForEach-Object { [int]$_.Name }
+    }
+
+    function Test-ProcessAlive([int]$Id) { Test-Path "/proc/$Id" }
+
+    # A child pwsh that starts a pod and says READY <qemu pid or 0> <workspace>, then waits to be killed.
+    function Start-PodHolder([string]$Runner, [string]$TempDirectory, [string]$Then = 'Start-Sleep -Seconds 600') {
+        $script = @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$script:ModuleManifest'
+`$img = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner $Runner
+`$pod = `$img | Start-MelangePod -Memory 1Gi
+[Console]::Out.WriteLine("READY `$([int]`$pod.QemuPid) `$(`$pod.WorkspaceDir)")
+[Console]::Out.Flush()
+$Then
+"@
+        Start-ChildPwsh -Script $script -TempDirectory $TempDirectory
+    }
+}
+
+Describe 'Ctrl+C during Start-MelangePod' -Tag qemu -Skip:$noQemu {
+    It 'returns only once the VM is gone and its files are removed' {
+        $img = Import-MelangeImage -Path (Get-TestRootfs) -Runner qemu
+        $tmp = [IO.Path]::GetTempPath()
+        $before = @(Get-PodLeftover $tmp)
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($img, $manifest)
+                    Import-Module $manifest
+                    $img | Start-MelangePod -Memory 1Gi
+                }).AddArgument($img).AddArgument($script:ModuleManifest)
+            $null = $ps.BeginInvoke()
+            # Stop once qemu runs: the boot is under way, with the disk and the keyed initramfs on disk.
+            $qemu = $null
+            Wait-Until -TimeoutSeconds 120 -Because 'qemu to start' -Condition { ($script:q = @(Get-ChildQemu)).Count -gt 0 }
+            $qemu = $script:q[0]
+            $ps.Stop()
+
+            # No waiting here: the stop itself must have cleaned up.
+            Test-ProcessAlive $qemu | Should -BeFalse -Because 'the VM must be gone when the stop returns'
+            @(Get-PodLeftover $tmp | Where-Object { $_ -notin $before }) | Should -BeNullOrEmpty
+            $ps.InvocationStateInfo.State | Should -Be 'Stopped'
+        } finally {
+            $ps.Dispose()
+            $img | Remove-MelangeImage -Confirm:$false
+        }
+    }
+}
+
+Describe 'PowerShell killed while it holds a <Runner> pod' -ForEach @(
+    @{ Runner = 'qemu'; Skip = $noQemu }
+    @{ Runner = 'bubblewrap'; Skip = $noBwrap }
+) {
+    BeforeEach {
+        $script:tmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "tmp-$Runner-$([guid]::NewGuid().ToString('N').Substring(0, 8))")).FullName
+    }
+
+    It 'with SIGKILL: the <Runner> pod''s processes end within seconds and its files go' -Skip:$Skip {
+        $child = Start-PodHolder -Runner $Runner -TempDirectory $script:tmp
+        try {
+            $ready = Wait-ChildLine -Process $child -Pattern '^READY '
+            $fields = $ready -split ' ', 3
+            $qemu = [int]$fields[1]
+            $workspace = $fields[2]
+            if ($Runner -eq 'qemu') { Test-ProcessAlive $qemu | Should -BeTrue }
+            Test-Path $workspace | Should -BeTrue
+
+            $child.Kill() # SIGKILL: no .NET handler runs
+            $child.WaitForExit()
+
+            if ($Runner -eq 'qemu') { Wait-Until -Because "qemu $qemu to end" -Condition { -not (Test-ProcessAlive $qemu) } }
+            Wait-Until -Because 'the per-pod files to be removed' -Condition { -not (Get-PodLeftover $script:tmp) }
+            Test-Path $workspace | Should -BeFalse
+        } finally {
+            if (-not $child.HasExited) { $child.Kill() }
+            $child.Dispose()
+        }
+    }
+
+    It 'with SIGTERM: the <Runner> pod is stopped and its files go' -Skip:$Skip {
+        $child = Start-PodHolder -Runner $Runner -TempDirectory $script:tmp
+        try {
+            $ready = Wait-ChildLine -Process $child -Pattern '^READY '
+            $fields = $ready -split ' ', 3
+            $qemu = [int]$fields[1]
+            $null = & kill -TERM $child.Id
+            $child.WaitForExit(60000) | Should -BeTrue
+            if ($Runner -eq 'qemu') { Wait-Until -Because "qemu $qemu to end" -Condition { -not (Test-ProcessAlive $qemu) } }
+            Wait-Until -Because 'the per-pod files to be removed' -Condition { -not (Get-PodLeftover $script:tmp) }
+            Test-Path $fields[2] | Should -BeFalse
+        } finally {
+            if (-not $child.HasExited) { $child.Kill() }
+            $child.Dispose()
+        }
+    }
+}
+
+Describe 'PowerShell killed during a bubblewrap step' -Skip:$noBwrap {
+    It 'with SIGKILL: the step''s processes end and the pod''s workspace goes' {
+        $tmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive 'tmp-step')).FullName
+        $id = [guid]::NewGuid().ToString('N')
+        $marker = "melange-step-$id"
+        # The marker is put together in the child, so that only the step's own command line holds it.
+        $step = @"
+`$pod | Invoke-MelangePod -Command sh, -c, ('sh -c ''sleep 600; : melange-step' + '-$id'' & echo STEP; wait')
+"@
+        $child = Start-PodHolder -Runner bubblewrap -TempDirectory $tmp -Then $step
+        try {
+            $ready = Wait-ChildLine -Process $child -Pattern '^READY '
+            $null = Wait-ChildLine -Process $child -Pattern '^STEP$'
+            @(Get-ProcessByMarker $marker).Count | Should -BeGreaterThan 0
+            $child.Kill()
+            $child.WaitForExit()
+            Wait-Until -Because 'the step to end' -Condition { -not (Get-ProcessByMarker $marker) }
+            Wait-Until -Because 'the workspace to be removed' -Condition { -not (Test-Path ($ready -split ' ', 3)[2]) }
+        } finally {
+            if (-not $child.HasExited) { $child.Kill() }
+            $child.Dispose()
+        }
+    }
+}

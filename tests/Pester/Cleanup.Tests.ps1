@@ -25,6 +25,12 @@ BeforeAll {
 
     function Test-ProcessAlive([int]$Id) { Test-Path "/proc/$Id" }
 
+    # Field 5 of /proc/PID/stat, counted after the name's closing parenthesis.
+    function Get-ProcessGroup([int]$Id) {
+        $stat = Get-Content -LiteralPath "/proc/$Id/stat" -Raw
+        [int](($stat.Substring($stat.LastIndexOf(')') + 2) -split ' ')[2])
+    }
+
     # A child pwsh that starts a pod and says READY <qemu pid or 0> <workspace>, then waits to be killed.
     function Start-PodHolder([string]$Runner, [string]$TempDirectory, [string]$Then = 'Start-Sleep -Seconds 600') {
         $script = @"
@@ -85,7 +91,11 @@ Describe 'PowerShell killed while it holds a <Runner> pod' -ForEach @(
             $fields = $ready -split ' ', 3
             $qemu = [int]$fields[1]
             $workspace = $fields[2]
-            if ($Runner -eq 'qemu') { Test-ProcessAlive $qemu | Should -BeTrue }
+            if ($Runner -eq 'qemu') {
+                Test-ProcessAlive $qemu | Should -BeTrue
+                # Out of pwsh's process group: the terminal's Ctrl+C, sent to that whole group, must not end the VM.
+                Get-ProcessGroup $qemu | Should -Not -Be (Get-ProcessGroup $child.Id)
+            }
             Test-Path $workspace | Should -BeTrue
 
             $child.Kill() # SIGKILL: no .NET handler runs

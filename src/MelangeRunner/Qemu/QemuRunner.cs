@@ -379,7 +379,8 @@ public sealed class QemuRunner : IRunner, IDebugger
             UseShellExecute = false,
         };
         foreach (var a in args) start.ArgumentList.Add(a);
-        events.Verbose("Running: " + ShellQuote.Join(new[] { program }.Concat(args)));
+        OwnSession.Apply(start);
+        events.Verbose("Running: " + OwnSession.CommandLine(start));
         var process = Process.Start(start)!;
         // The console must be drained or the guest blocks on a full pipe; keep the tail for errors.
         process.OutputDataReceived += (_, e) => { if (e.Data is { } line) state.AddConsoleLine(line); };
@@ -404,7 +405,8 @@ public sealed class QemuRunner : IRunner, IDebugger
         foreach (var a in new[] { "--socket-path=" + state.VirtiofsSocket, $"--thread-pool-size={Environment.ProcessorCount * 2}",
                      "-o", "source=" + pod.Config.CacheDir, "-o", "cache=always", "-o", "sandbox=namespace", "-o", "xattr", "-o", "writeback", "-o", "no_posix_lock" })
             start.ArgumentList.Add(a);
-        events.Verbose("Running: " + ShellQuote.Join(new[] { virtiofsd }.Concat(start.ArgumentList)));
+        OwnSession.Apply(start);
+        events.Verbose("Running: " + OwnSession.CommandLine(start));
         state.Virtiofsd = Process.Start(start)!;
         state.Watch("virtiofsd", Reaper.Watch(state.Virtiofsd));
         state.Watch(state.VirtiofsSocket, Reaper.WatchPath(state.VirtiofsSocket));

@@ -63,6 +63,11 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
     [Parameter]
     public string? Arch { get; set; }
 
+    /// <summary>qemu: auto (KVM where it really runs guests, else TCG), kvm or tcg.</summary>
+    [Parameter]
+    [ValidateSet("auto", "kvm", "tcg")]
+    public string? Accelerator { get; set; }
+
     /// <summary>
     /// A copy of <paramref name="baseConfig"/> (or a new config) with every bound field
     /// parameter applied over it, host paths resolved against the current location.
@@ -88,6 +93,7 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
         if (bound.ContainsKey(nameof(Disk))) c.Disk = Disk;
         if (bound.ContainsKey(nameof(Timeout))) c.Timeout = Timeout;
         if (bound.ContainsKey(nameof(Arch))) c.Arch = Arch;
+        if (bound.ContainsKey(nameof(Accelerator))) c.Accelerator = Accelerator;
 
         try
         {

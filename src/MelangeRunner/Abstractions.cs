@@ -36,7 +36,11 @@ public sealed class NullEventSink : IEventSink
 }
 
 /// <summary>Whether a runner can be used on this host, and why not.</summary>
-public sealed record RunnerInfo(string Name, bool IsUsable, string? Reason, string? TempDir);
+public sealed record RunnerInfo(string Name, bool IsUsable, string? Reason, string? TempDir)
+{
+    /// <summary>qemu: the accelerator pods would boot with ("kvm" or "tcg"), as the environment stands.</summary>
+    public string? Accelerator { get; init; }
+}
 
 /// <summary>An image loaded for one runner (melange's image ref plus what it came from).</summary>
 public sealed class ImageInfo
@@ -66,6 +70,10 @@ public sealed class PodPlan
     public string? KernelCommandLine { get; init; }
     public int? Cpus { get; init; }
     public long? MemoryKiB { get; init; }
+
+    /// <summary>qemu: "kvm" or "tcg", and why (the host's evidence, or what the user pinned).</summary>
+    public string? Accelerator { get; init; }
+    public string? AcceleratorReason { get; init; }
 
     /// <summary>The command line, shell-quoted, as -Verbose shows it.</summary>
     public string CommandLine => ShellQuote.Join(new[] { FileName }.Concat(Arguments));

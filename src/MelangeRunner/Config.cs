@@ -84,6 +84,9 @@ public sealed class PodConfig
     /// <summary>Upper bound for a whole pod's life; zero means none.</summary>
     public TimeSpan Timeout { get; set; }
 
+    /// <summary>qemu: "auto" (KVM where it really runs guests, else TCG; also when empty), "kvm" or "tcg".</summary>
+    public string? Accelerator { get; set; }
+
     /// <summary>A deep copy, so that a started pod is not changed by later edits to the config.</summary>
     public PodConfig Clone() => new()
     {
@@ -107,6 +110,7 @@ public sealed class PodConfig
         Memory = Memory,
         Disk = Disk,
         Timeout = Timeout,
+        Accelerator = Accelerator,
     };
 
     /// <summary>
@@ -121,6 +125,7 @@ public sealed class PodConfig
         if (CPU is { Length: > 0 } && (!int.TryParse(CPU, out var cpus) || cpus < 1))
             throw new MelangeException(ErrorKind.InvalidArgument, "BadCpu",
                 $"CPU '{CPU}' is not a positive whole number of vCPUs.", "Pass -Cpu as a number such as 2.");
+        if (Accelerator is { Length: > 0 }) Accelerator = Qemu.AcceleratorChoice.Normalize(Accelerator, "-Accelerator");
         Capabilities.Add = Capability.Normalize(Capabilities.Add);
         Capabilities.Drop = Capability.Normalize(Capabilities.Drop);
         foreach (var m in Mounts)

@@ -94,33 +94,58 @@ public static class HostResources
     public static bool KvmUsable(string qemuProgram, string machine) => Kvm(qemuProgram, machine).Usable;
 
     /// <summary>
-    /// Whether KVM can run this qemu's VMs here, and why, decided once per process from host
-    /// facts (<see cref="KvmDecision.Decide"/>). qemu itself is started paused with KVM only
-    /// when the cheaper facts do not already say no.
+    /// Whether KVM can run this qemu's VMs here, and why, decided from host facts
+    /// (<see cref="KvmDecision.Decide"/>); qemu itself is started paused with KVM only when the
+    /// cheaper facts do not already say no. Kept in memory and in <see cref="KvmDecisionCache"/>
+    /// (per qemu binary and host boot), so that only a host's first pod start pays for it.
     /// </summary>
     public static KvmDecision Kvm(string qemuProgram, string machine)
     {
+        // For tests of the fallback: a host whose evidence wrongly says yes.
+        if (Environment.GetEnvironmentVariable(KvmDecision.AssumeUsableVariable) == "1")
+            return new KvmDecision(true, $"assumed usable ({KvmDecision.AssumeUsableVariable}=1)");
         lock (KvmProbes)
         {
             var key = qemuProgram + " " + machine;
             if (!KvmProbes.TryGetValue(key, out var decision))
             {
-                var facts = KvmHostFacts.Read();
-                decision = KvmDecision.Decide(facts, null);
-                if (decision.Usable) decision = KvmDecision.Decide(facts, QemuStartsWithKvm(qemuProgram, machine));
+                decision = KvmDecisionCache.Load(qemuProgram, machine);
+                if (decision is null)
+                {
+                    var facts = KvmHostFacts.Read();
+                    decision = KvmDecision.Decide(facts, null);
+                    if (decision.Usable) decision = KvmDecision.Decide(facts, QemuStartsWithKvm(qemuProgram, machine));
+                    KvmDecisionCache.Save(qemuProgram, machine, decision);
+                }
                 KvmProbes[key] = decision;
             }
             return decision;
         }
     }
 
+    /// <summary>A VM did not boot under KVM although the evidence said it would: later pods go straight to TCG.</summary>
+    public static void RecordKvmFailure(string qemuProgram, string machine, string why)
+    {
+        var decision = new KvmDecision(false, "a VM did not boot under KVM on this host: " + why);
+        lock (KvmProbes) KvmProbes[qemuProgram + " " + machine] = decision;
+        if (Environment.GetEnvironmentVariable(KvmDecision.AssumeUsableVariable) != "1")
+            KvmDecisionCache.Save(qemuProgram, machine, decision);
+    }
+
+    /// <summary>/dev/kvm opens read-write and answers KVM_GET_API_VERSION (a bind of /dev/null opens too).</summary>
     internal static bool DeviceOpens()
     {
         var fd = Open("/dev/kvm", O_RDWR | O_CLOEXEC);
         if (fd < 0) return false;
-        Close(fd);
-        return true;
+        try { return Ioctl(fd, KVM_GET_API_VERSION, 0) == KVM_API_VERSION; }
+        finally { Close(fd); }
     }
+
+    private const nuint KVM_GET_API_VERSION = 0xAE00; // _IO(KVMIO, 0x00)
+    private const int KVM_API_VERSION = 12; // stable since Linux 2.6.22
+
+    [DllImport("libc", EntryPoint = "ioctl")]
+    private static extern int Ioctl(int fd, nuint request, nint argument);
 
     private static bool QemuStartsWithKvm(string qemuProgram, string machine)
     {

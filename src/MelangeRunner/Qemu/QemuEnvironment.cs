@@ -23,6 +23,9 @@ public sealed partial class QemuEnvironment
 
     public IReadOnlyList<string> DnsSearch { get; init; } = Array.Empty<string>();
 
+    /// <summary>MELANGE_QEMU_ACCELERATOR (auto, kvm or tcg): the accelerator for scripts; -Accelerator wins over it.</summary>
+    public string? Accelerator { get; init; }
+
     /// <summary>TESTING, passed to the guest as melange.testing=N when it is a number.</summary>
     public int? Testing { get; init; }
 
@@ -51,6 +54,7 @@ public sealed partial class QemuEnvironment
             Network = Value("QEMU_NET_CIDR") is { } cidr ? SlirpNetwork.Parse(cidr) : null,
             DnsSearch = get("QEMU_DNS_SEARCH") is { } dns ? ParseDnsSearch(dns) : Array.Empty<string>(),
             Testing = testing,
+            Accelerator = Value(AcceleratorChoice.EnvironmentVariable) is { } accel ? AcceleratorChoice.Normalize(accel, AcceleratorChoice.EnvironmentVariable) : null,
         };
     }
 

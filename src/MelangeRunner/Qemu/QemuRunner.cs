@@ -48,9 +48,28 @@ public sealed class QemuRunner : IRunner, IDebugger
         {
             return new RunnerInfo(Name, false, e.Message + " " + e.Fix, null);
         }
-        var kvm = HostResources.Kvm(program, MachineForProbe(Architecture.Host));
-        return new RunnerInfo(Name, true, kvm.Usable ? null : $"KVM is not used: {kvm.Reason}. VMs run under TCG (slower).", null);
+        AcceleratorChoice accel;
+        try
+        {
+            accel = ChooseAccelerator(new PodConfig(), QemuEnvironment.Read(), Architecture.Host);
+        }
+        catch (MelangeException e)
+        {
+            // MELANGE_QEMU_ACCELERATOR asks for what cannot be had: pods would fail at once.
+            return new RunnerInfo(Name, false, e.Message + " " + e.Fix, null) { Accelerator = AcceleratorChoice.Kvm };
+        }
+        return new RunnerInfo(Name, true, accel.Accelerator == AcceleratorChoice.Kvm ? null : $"VMs run under TCG, which is slower than KVM: {accel.Reason}.", null)
+        {
+            Accelerator = accel.Accelerator,
+        };
     }
+
+    /// <summary>The accelerator for a pod of <paramref name="arch"/>: -Accelerator, else MELANGE_QEMU_ACCELERATOR, else the host's evidence.</summary>
+    private static AcceleratorChoice ChooseAccelerator(PodConfig config, QemuEnvironment env, string arch) =>
+        AcceleratorChoice.Decide(config.Accelerator, env.Accelerator, arch, Architecture.Host, () =>
+            PodProcess.FindOnPath(QemuCommand.Program(Architecture.Host)) is { } qemu
+                ? HostResources.Kvm(qemu, MachineForProbe(Architecture.Host))
+                : new KvmDecision(false, "qemu is not installed"));
 
     /// <summary>The launch of <paramref name="config"/>, with the per-pod files named but not made.</summary>
     public PodPlan Plan(PodConfig config, ImageInfo image)
@@ -63,13 +82,16 @@ public sealed class QemuRunner : IRunner, IDebugger
             config.WorkspaceDir = Path.Combine(Path.GetTempPath(), "melange-workspace-<new>");
         }
         var virtiofs = env.UseVirtiofs && !string.IsNullOrEmpty(config.CacheDir) ? Path.Combine(Path.GetTempPath(), "melange-virtiofsd-<new>.sock") : null;
-        var launch = Launch(config, image, env, kernel.BootPath, Path.Combine(Path.GetTempPath(), "melange-initramfs-<new>.cpio"),
+        var accel = ChooseAccelerator(config, env, Architecture.Normalize(config.Arch ?? image.Arch));
+        var launch = Launch(config, image, env, accel, kernel.BootPath, Path.Combine(Path.GetTempPath(), "melange-initramfs-<new>.cpio"),
             Path.Combine(DisksDirectory(env), "melange-disk-<new>.img"), FreePort(), FreePort(), "<client public key>", virtiofs, env.Testing is not null, ScratchDisk.HostFormatter() is not null);
-        return ToPlan(launch);
+        return ToPlan(launch, accel);
     }
 
-    private PodPlan ToPlan(QemuLaunch launch) => new()
+    private PodPlan ToPlan(QemuLaunch launch, AcceleratorChoice accel) => new()
     {
+        Accelerator = accel.Accelerator,
+        AcceleratorReason = accel.Reason,
         Runner = Name,
         FileName = QemuCommand.Program(launch.Arch),
         Arguments = QemuCommand.Build(launch),
@@ -78,7 +100,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         MemoryKiB = launch.MemoryKiB,
     };
 
-    private static QemuLaunch Launch(PodConfig config, ImageInfo image, QemuEnvironment env, string kernel, string initrd,
+    private static QemuLaunch Launch(PodConfig config, ImageInfo image, QemuEnvironment env, AcceleratorChoice accel, string kernel, string initrd,
         string disk, int sshPort, int controlPort, string publicKeyBase64, string? virtiofsSocket, bool kernelDebug, bool scratchFormatted)
     {
         var hostCpu = Environment.ProcessorCount;
@@ -89,7 +111,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         {
             Arch = Architecture.Normalize(config.Arch ?? image.Arch),
             HostArch = Architecture.Host,
-            KvmUsable = PodProcess.FindOnPath(QemuCommand.Program(Architecture.Host)) is { } qemu && HostResources.KvmUsable(qemu, MachineForProbe(Architecture.Host)),
+            KvmUsable = accel.Accelerator == AcceleratorChoice.Kvm,
             Cpus = HostResources.EffectiveCpu(configCpu, HostResources.CgroupCpuLimit(), hostCpu),
             MemoryKiB = HostResources.EffectiveMemoryKiB(configMemory, hostScaled, HostResources.CgroupMemoryLimitKiB()),
             CpuModel = config.CPUModel,
@@ -134,30 +156,58 @@ public sealed class QemuRunner : IRunner, IDebugger
         var arch = Architecture.Normalize(config.Arch ?? image.Arch);
         var program = PodProcess.FindOnPath(QemuCommand.Program(arch)) ?? throw new MelangeException(ErrorKind.NotInstalled, "QemuNotFound",
             $"{QemuCommand.Program(arch)} was not found on PATH.", "Install qemu: sudo apt-get install qemu-system-x86 (or qemu-system-arm).", arch);
+        var accel = ChooseAccelerator(config, env, arch);
         var pod = new Pod(this, config, image);
-        var state = new QemuPodState();
-        pod.RunnerState = state;
-        try
+        while (true)
         {
-            await BootAsync(pod, state, env, arch, program, events, cancellationToken).ConfigureAwait(false);
-            pod.State = PodState.Running;
-            pod.StartedAt = DateTimeOffset.Now;
-            return pod;
-        }
-        catch
-        {
-            pod.State = PodState.Failed;
-            await CleanUpAsync(pod, state, events).ConfigureAwait(false);
-            throw;
-        }
-        finally
-        {
-            // The console keeps talking after this cmdlet ends; later lines are kept for errors only.
-            state.ConsoleSink = null;
+            var state = new QemuPodState();
+            pod.RunnerState = state;
+            try
+            {
+                await BootAsync(pod, state, env, arch, program, accel, events, cancellationToken).ConfigureAwait(false);
+                pod.State = PodState.Running;
+                pod.StartedAt = DateTimeOffset.Now;
+                return pod;
+            }
+            catch (KvmBootFailed e) when (!accel.Pinned)
+            {
+                // The evidence said KVM, the boot said otherwise: once more under TCG, and this
+                // process (and the decision cache) remembers so that later pods go straight to TCG.
+                await CleanUpAsync(pod, state, events).ConfigureAwait(false);
+                HostResources.RecordKvmFailure(program, MachineForProbe(Architecture.Host), e.Message);
+                events.Warning($"KVM did not boot the VM ({e.Message}); starting it again under TCG. " +
+                               $"To skip KVM on this host, use -Accelerator tcg or set {AcceleratorChoice.EnvironmentVariable}=tcg.");
+                accel = new AcceleratorChoice(AcceleratorChoice.Tcg, "KVM did not boot the VM here (" + e.Message + ")", Pinned: false);
+            }
+            catch (KvmBootFailed e)
+            {
+                pod.State = PodState.Failed;
+                await CleanUpAsync(pod, state, events).ConfigureAwait(false);
+                throw new MelangeException(ErrorKind.ResourceUnavailable, "KvmBootFailed",
+                    $"The VM did not boot under KVM ({accel.Reason}): {e.Message}. The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
+                    $"Use -Accelerator auto or tcg, or unset {AcceleratorChoice.EnvironmentVariable}: this host's KVM does not run guests.", pod.Id);
+            }
+            catch
+            {
+                pod.State = PodState.Failed;
+                await CleanUpAsync(pod, state, events).ConfigureAwait(false);
+                throw;
+            }
+            finally
+            {
+                // The console keeps talking after this cmdlet ends; later lines are kept for errors only.
+                state.ConsoleSink = null;
+            }
         }
     }
 
-    private async Task BootAsync(Pod pod, QemuPodState state, QemuEnvironment env, string arch, string program, IEventSink events, CancellationToken ct)
+    /// <summary>How long a KVM boot may show nothing on the console: a guest that KVM really runs speaks within a second or two.</summary>
+    internal static readonly TimeSpan KvmProgressBound = TimeSpan.FromSeconds(20);
+
+    /// <summary>A boot under KVM that KVM cannot run: an internal error, an early exit, or no console output in time.</summary>
+    private sealed class KvmBootFailed(string message) : Exception(message);
+
+    private async Task BootAsync(Pod pod, QemuPodState state, QemuEnvironment env, string arch, string program, AcceleratorChoice accel, IEventSink events, CancellationToken ct)
     {
         var config = pod.Config;
         void Step(string status, int step) => events.Progress(new ProgressReport("Starting qemu pod", status, step, 6));
@@ -186,12 +236,11 @@ public sealed class QemuRunner : IRunner, IDebugger
             if (env.UseVirtiofs) await StartVirtiofsdAsync(pod, state, env, events, ct).ConfigureAwait(false);
         }
 
-        var launch = Launch(config, pod.Image, env, kernel.BootPath, state.InitramfsPath, state.DiskPath, FreePort(), FreePort(),
+        var launch = Launch(config, pod.Image, env, accel, kernel.BootPath, state.InitramfsPath, state.DiskPath, FreePort(), FreePort(),
             Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")), state.VirtiofsSocket, env.Testing is not null, scratchFormatted);
         pod.SshAddress = $"{Loopback}:{launch.SshPort}";
         pod.SshControlAddress = $"{Loopback}:{launch.ControlPort}";
-        events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)}" +
-            (launch.Arch == launch.HostArch ? $" (KVM: {HostResources.Kvm(program, MachineForProbe(Architecture.Host)).Reason})" : ""));
+        events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)} ({accel.Reason})");
 
         Step("Booting the VM", 2);
         state.Qemu = StartQemu(program, QemuCommand.Build(launch), state, events);
@@ -201,12 +250,17 @@ public sealed class QemuRunner : IRunner, IDebugger
         var kernelVersionHint = kernel.Version ?? Path.GetFileName(kernel.BootPath);
         var deadline = config.Timeout > TimeSpan.Zero && config.Timeout < DefaultBootTimeout ? config.Timeout : DefaultBootTimeout;
         var watch = Stopwatch.StartNew();
+        using var kvmWatch = launch.KvmUsable ? CancellationTokenSource.CreateLinkedTokenSource(ct) : null;
         try
         {
-            await SshBanner.WaitAsync(Loopback, launch.SshPort, () => state.Qemu.HasExited, deadline, ct).ConfigureAwait(false);
+            var banner = SshBanner.WaitAsync(Loopback, launch.SshPort, () => state.Qemu.HasExited, deadline, kvmWatch?.Token ?? ct);
+            if (kvmWatch is not null) await WatchKvmBootAsync(banner, kvmWatch).ConfigureAwait(false);
+            await banner.ConfigureAwait(false);
         }
         catch (MelangeException e)
         {
+            if (launch.KvmUsable && state.ConsoleIsEmpty)
+                throw new KvmBootFailed($"qemu exited with status {(state.Qemu.HasExited ? state.Qemu.ExitCode : -1)} under KVM before the guest said anything{QemuErrorSuffix()}");
             throw BootFailure(e);
         }
         events.Verbose($"qemu: SSH banner after {watch.Elapsed.TotalSeconds:F1} s");
@@ -269,6 +323,29 @@ public sealed class QemuRunner : IRunner, IDebugger
         await copyIn.ConfigureAwait(false);
         events.Verbose($"qemu: running kernel version: {(await kernelVersion.ConfigureAwait(false)).Trim()}");
         Step("Ready", 6);
+
+        // Under KVM: the banner, or the guest's first console line, must come within the bound, and
+        // qemu must not report a KVM internal error; else the boot is abandoned (KvmBootFailed).
+        async Task WatchKvmBootAsync(Task banner, CancellationTokenSource stopBanner)
+        {
+            using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
+            bound.CancelAfter(KvmProgressBound);
+            var progress = state.FirstGuestOutput.Task;
+            var kvmError = state.KvmError.Task;
+            var timeout = Task.Delay(Timeout.Infinite, bound.Token);
+            var first = await Task.WhenAny(banner, progress, kvmError, timeout).ConfigureAwait(false);
+            ct.ThrowIfCancellationRequested();
+            if (first == kvmError || (first == timeout && !progress.IsCompleted && !banner.IsCompleted))
+            {
+                var why = first == kvmError ? $"qemu reported \"{kvmError.Result}\"" : $"the guest printed nothing in {KvmProgressBound.TotalSeconds:0} s";
+                stopBanner.Cancel();
+                try { state.Qemu.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+                try { await banner.ConfigureAwait(false); } catch (Exception) { /* abandoned */ }
+                throw new KvmBootFailed(why);
+            }
+        }
+
+        string QemuErrorSuffix() => state.QemuErrorTail() is { Length: > 0 } tail ? ": " + tail : "";
 
         MelangeException BootFailure(MelangeException e)
         {
@@ -384,7 +461,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         var process = Process.Start(start)!;
         // The console must be drained or the guest blocks on a full pipe; keep the tail for errors.
         process.OutputDataReceived += (_, e) => { if (e.Data is { } line) state.AddConsoleLine(line); };
-        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) state.AddConsoleLine("qemu: " + line); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) state.AddQemuErrorLine(line); };
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         state.ConsoleSink = events;
@@ -680,8 +757,29 @@ public sealed class QemuRunner : IRunner, IDebugger
             }
         }
 
-        public void AddConsoleLine(string line)
+        /// <summary>Set by the guest's first console line (boot progress under KVM).</summary>
+        public TaskCompletionSource FirstGuestOutput { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        /// <summary>Set by qemu's first report of a KVM failure on its standard error.</summary>
+        public TaskCompletionSource<string> KvmError { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+        private readonly ConcurrentQueue<string> _qemuErrors = new();
+
+        public void AddQemuErrorLine(string line)
         {
+            _qemuErrors.Enqueue(line);
+            while (_qemuErrors.Count > 5) _qemuErrors.TryDequeue(out _);
+            // "KVM internal error. Suberror: 1", "emulation failure", "failed to set MSR", "Could not access KVM kernel module".
+            if (line.Contains("KVM", StringComparison.Ordinal) || line.Contains("emulation failure", StringComparison.OrdinalIgnoreCase))
+                KvmError.TrySetResult(line.Trim());
+            AddConsoleLine("qemu: " + line, fromGuest: false);
+        }
+
+        public string QemuErrorTail() => string.Join(" | ", _qemuErrors);
+
+        public void AddConsoleLine(string line, bool fromGuest = true)
+        {
+            if (fromGuest) FirstGuestOutput.TrySetResult();
             _console.Enqueue(line);
             while (_console.Count > ConsoleLinesKept) _console.TryDequeue(out _);
             ConsoleSink?.Verbose("console: " + line);

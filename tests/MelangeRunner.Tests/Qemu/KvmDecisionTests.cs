@@ -64,3 +64,76 @@ public class KvmDecisionTests
         Assert.False(KvmDecision.Decide(facts, qemuStarted: false).Usable);
     }
 }
+
+/// <summary>-Accelerator over MELANGE_QEMU_ACCELERATOR over the host's evidence.</summary>
+public class AcceleratorChoiceTests
+{
+    private static readonly KvmDecision Works = new(true, "works");
+    private static readonly KvmDecision Broken = new(false, "/dev/kvm is served by the software hypervisor module kvm_pvm");
+
+    private static Func<KvmDecision> Evidence(KvmDecision d, List<string>? asked = null) => () => { asked?.Add("asked"); return d; };
+
+    [Theory]
+    [InlineData(null, null, "kvm", false)]
+    [InlineData("auto", "auto", "kvm", false)]
+    [InlineData("tcg", null, "tcg", true)]
+    [InlineData(null, "tcg", "tcg", true)]
+    [InlineData("kvm", "tcg", "kvm", true)] // the parameter wins over the environment
+    [InlineData("TCG", null, "tcg", true)]
+    public void Precedence_where_KVM_works(string? config, string? env, string expected, bool pinned)
+    {
+        var c = AcceleratorChoice.Decide(config, env, "x86_64", "x86_64", Evidence(Works));
+        Assert.Equal(expected, c.Accelerator);
+        Assert.Equal(pinned, c.Pinned);
+    }
+
+    [Fact]
+    public void Auto_follows_the_evidence_and_says_why()
+    {
+        var c = AcceleratorChoice.Decide(null, null, "x86_64", "x86_64", Evidence(Broken));
+        Assert.Equal("tcg", c.Accelerator);
+        Assert.Contains("kvm_pvm", c.Reason);
+        Assert.False(c.Pinned);
+    }
+
+    [Fact]
+    public void Tcg_asks_no_evidence()
+    {
+        var asked = new List<string>();
+        var c = AcceleratorChoice.Decide("tcg", null, "x86_64", "x86_64", Evidence(Works, asked));
+        Assert.Equal("tcg", c.Accelerator);
+        Assert.Contains("-Accelerator tcg", c.Reason);
+        Assert.Empty(asked);
+    }
+
+    [Theory]
+    [InlineData("kvm", null, "-Accelerator kvm")]
+    [InlineData(null, "kvm", "MELANGE_QEMU_ACCELERATOR=kvm")]
+    public void Kvm_where_KVM_cannot_run_guests_is_an_error_naming_the_source_and_the_reason(string? config, string? env, string source)
+    {
+        var e = Assert.Throws<MelangeException>(() => AcceleratorChoice.Decide(config, env, "x86_64", "x86_64", Evidence(Broken)));
+        Assert.Equal("KvmUnavailable", e.ErrorId);
+        Assert.Equal(ErrorKind.ResourceUnavailable, e.Kind);
+        Assert.Contains(source, e.Message);
+        Assert.Contains("kvm_pvm", e.Message);
+        Assert.Contains("-Accelerator tcg", e.Fix);
+    }
+
+    [Fact]
+    public void A_foreign_guest_is_TCG_and_KVM_for_it_is_an_error()
+    {
+        Assert.Equal("tcg", AcceleratorChoice.Decide(null, null, "aarch64", "x86_64", Evidence(Works)).Accelerator);
+        var e = Assert.Throws<MelangeException>(() => AcceleratorChoice.Decide("kvm", null, "aarch64", "x86_64", Evidence(Works)));
+        Assert.Contains("aarch64", e.Message);
+    }
+
+    [Theory]
+    [InlineData("hvf")]
+    [InlineData("kvm,tcg")]
+    public void Other_values_are_refused(string value)
+    {
+        var e = Assert.Throws<MelangeException>(() => AcceleratorChoice.Normalize(value, "MELANGE_QEMU_ACCELERATOR"));
+        Assert.Equal("InvalidAccelerator", e.ErrorId);
+        Assert.Contains("MELANGE_QEMU_ACCELERATOR", e.Message);
+    }
+}

@@ -204,6 +204,13 @@ public sealed class QemuRunner : IRunner, IDebugger
     /// <summary>How long a KVM boot may show nothing on the console: a guest that KVM really runs speaks within a second or two.</summary>
     internal static readonly TimeSpan KvmProgressBound = TimeSpan.FromSeconds(20);
 
+    /// <summary>
+    /// How long the guest console may stay silent before the SSH banner, under any accelerator: our
+    /// init prints each phase, and the longest quiet stretch of a TCG boot on a loaded host (the
+    /// kernel before its console driver loads) is well under this.
+    /// </summary>
+    internal static readonly TimeSpan StallBound = TimeSpan.FromSeconds(30);
+
     /// <summary>A boot under KVM that KVM cannot run: an internal error, an early exit, or no console output in time.</summary>
     private sealed class KvmBootFailed(string message) : Exception(message);
 
@@ -250,17 +257,27 @@ public sealed class QemuRunner : IRunner, IDebugger
         var kernelVersionHint = kernel.Version ?? Path.GetFileName(kernel.BootPath);
         var deadline = config.Timeout > TimeSpan.Zero && config.Timeout < DefaultBootTimeout ? config.Timeout : DefaultBootTimeout;
         var watch = Stopwatch.StartNew();
-        using var kvmWatch = launch.KvmUsable ? CancellationTokenSource.CreateLinkedTokenSource(ct) : null;
+        string? stalled = null;
         try
         {
-            var banner = SshBanner.WaitAsync(Loopback, launch.SshPort, () => state.Qemu.HasExited, deadline, kvmWatch?.Token ?? ct);
-            if (kvmWatch is not null) await WatchKvmBootAsync(banner, kvmWatch).ConfigureAwait(false);
-            await banner.ConfigureAwait(false);
+            // The banner wait gives up as soon as qemu exits or the boot stops making progress.
+            await SshBanner.WaitAsync(Loopback, launch.SshPort, () => state.Qemu.HasExited || (stalled = Stall()) is not null, deadline, ct).ConfigureAwait(false);
+        }
+        catch (MelangeException e) when (e.ErrorId == "VmExited")
+        {
+            if (!state.Qemu.HasExited)
+            {
+                try { state.Qemu.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
+            }
+            if (launch.KvmUsable && (state.ConsoleIsEmpty || state.KvmError.Task.IsCompleted))
+                throw new KvmBootFailed(stalled ?? $"qemu exited with status {state.Qemu.ExitCode} before the guest said anything{QemuErrorSuffix()}");
+            if (stalled is not null)
+                throw BootFailure(new MelangeException(ErrorKind.OperationTimeout, "VmStalled",
+                    $"The VM stopped making progress before its SSH server answered: {stalled}.", null, pod.Id, e));
+            throw BootFailure(e);
         }
         catch (MelangeException e)
         {
-            if (launch.KvmUsable && state.ConsoleIsEmpty)
-                throw new KvmBootFailed($"qemu exited with status {(state.Qemu.HasExited ? state.Qemu.ExitCode : -1)} under KVM before the guest said anything{QemuErrorSuffix()}");
             throw BootFailure(e);
         }
         events.Verbose($"qemu: SSH banner after {watch.Elapsed.TotalSeconds:F1} s");
@@ -324,25 +341,15 @@ public sealed class QemuRunner : IRunner, IDebugger
         events.Verbose($"qemu: running kernel version: {(await kernelVersion.ConfigureAwait(false)).Trim()}");
         Step("Ready", 6);
 
-        // Under KVM: the banner, or the guest's first console line, must come within the bound, and
-        // qemu must not report a KVM internal error; else the boot is abandoned (KvmBootFailed).
-        async Task WatchKvmBootAsync(Task banner, CancellationTokenSource stopBanner)
+        // Why the boot is not going anywhere, or null: under KVM, a KVM error from qemu or no console
+        // line within KvmProgressBound; under any accelerator, a console silent for StallBound.
+        string? Stall()
         {
-            using var bound = CancellationTokenSource.CreateLinkedTokenSource(ct);
-            bound.CancelAfter(KvmProgressBound);
-            var progress = state.FirstGuestOutput.Task;
-            var kvmError = state.KvmError.Task;
-            var timeout = Task.Delay(Timeout.Infinite, bound.Token);
-            var first = await Task.WhenAny(banner, progress, kvmError, timeout).ConfigureAwait(false);
-            ct.ThrowIfCancellationRequested();
-            if (first == kvmError || (first == timeout && !progress.IsCompleted && !banner.IsCompleted))
-            {
-                var why = first == kvmError ? $"qemu reported \"{kvmError.Result}\"" : $"the guest printed nothing in {KvmProgressBound.TotalSeconds:0} s";
-                stopBanner.Cancel();
-                try { state.Qemu.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
-                try { await banner.ConfigureAwait(false); } catch (Exception) { /* abandoned */ }
-                throw new KvmBootFailed(why);
-            }
+            if (launch.KvmUsable && state.KvmError.Task.IsCompleted) return $"qemu reported \"{state.KvmError.Task.Result}\"";
+            var quiet = state.GuestQuietFor;
+            if (launch.KvmUsable && state.ConsoleIsEmpty && quiet > KvmProgressBound) return $"the guest printed nothing in {KvmProgressBound.TotalSeconds:0} s";
+            if (quiet > StallBound) return $"the guest console was silent for {StallBound.TotalSeconds:0} s";
+            return null;
         }
 
         string QemuErrorSuffix() => state.QemuErrorTail() is { Length: > 0 } tail ? ": " + tail : "";
@@ -356,8 +363,10 @@ public sealed class QemuRunner : IRunner, IDebugger
                 ? "The guest printed nothing, which happens when it cannot load its console driver (virtio_console): the initramfs lacks the booted kernel's modules. " +
                   $"Check QEMU_BASE_INITRAMFS (build it with New-MelangeInitramfs for this kernel) and that QEMU_KERNEL_MODULES matches the kernel {kernelVersionHint}."
                 : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
+            var qemu = state.Qemu.HasExited ? $"qemu exited with status {state.Qemu.ExitCode}" : "qemu was running";
             return new MelangeException(e.Kind, e.ErrorId,
-                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}", fix, pod.Id, e);
+                $"{e.Message} ({qemu}, accelerator {(launch.KvmUsable ? "kvm" : "tcg")}: {accel.Reason}.) The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
+                fix, pod.Id, e);
         }
 
         async Task WaitUntilGuestReadyAsync()
@@ -465,6 +474,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         process.BeginOutputReadLine();
         process.BeginErrorReadLine();
         state.ConsoleSink = events;
+        state.RestartQuietClock();
         return process;
     }
 
@@ -757,9 +767,6 @@ public sealed class QemuRunner : IRunner, IDebugger
             }
         }
 
-        /// <summary>Set by the guest's first console line (boot progress under KVM).</summary>
-        public TaskCompletionSource FirstGuestOutput { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
         /// <summary>Set by qemu's first report of a KVM failure on its standard error.</summary>
         public TaskCompletionSource<string> KvmError { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
 
@@ -777,9 +784,20 @@ public sealed class QemuRunner : IRunner, IDebugger
 
         public string QemuErrorTail() => string.Join(" | ", _qemuErrors);
 
+        private readonly Stopwatch _sinceGuestOutput = Stopwatch.StartNew();
+
+        /// <summary>Called when qemu starts and at each guest console line.</summary>
+        public void RestartQuietClock()
+        {
+            lock (_sinceGuestOutput) _sinceGuestOutput.Restart();
+        }
+
+        /// <summary>Time since the guest's last console line (or since qemu started).</summary>
+        public TimeSpan GuestQuietFor { get { lock (_sinceGuestOutput) return _sinceGuestOutput.Elapsed; } }
+
         public void AddConsoleLine(string line, bool fromGuest = true)
         {
-            if (fromGuest) FirstGuestOutput.TrySetResult();
+            if (fromGuest) RestartQuietClock();
             _console.Enqueue(line);
             while (_console.Count > ConsoleLinesKept) _console.TryDequeue(out _);
             ConsoleSink?.Verbose("console: " + line);

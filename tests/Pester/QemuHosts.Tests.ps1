@@ -123,3 +123,32 @@ Import-Module '$script:ModuleManifest'
         $result | Should -Match '/dev/kvm is missing, cannot be opened read-write, or is not a KVM device'
     }
 }
+
+Describe 'A qemu VM that stops making progress before SSH answers' -Skip:$noQemu {
+    It 'fails with VmStalled, what the host saw and no qemu left, instead of waiting out the boot timeout' {
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({
+                    param($img, $manifest)
+                    Import-Module $manifest
+                    try { $img | Start-MelangePod -Memory 1Gi -Accelerator tcg -ErrorAction Stop } catch { $_ }
+                }).AddArgument($script:img).AddArgument($script:ModuleManifest)
+            $async = $ps.BeginInvoke()
+            Wait-Until -TimeoutSeconds 120 -Because 'qemu to start' -Condition { ($script:q = @(Get-ChildQemu)).Count -gt 0 }
+            $qemu = $script:q[0]
+            $watch = [Diagnostics.Stopwatch]::StartNew()
+            $null = & kill -STOP $qemu # a VM frozen in its boot: alive, silent
+            $result = $ps.EndInvoke($async)
+            $watch.Elapsed.TotalSeconds | Should -BeLessThan 90
+            $err = @($result)[0]
+            $err | Should -BeOfType ([Management.Automation.ErrorRecord])
+            $err.FullyQualifiedErrorId | Should -BeLike 'VmStalled,*'
+            $err.CategoryInfo.Category | Should -Be 'OperationTimeout'
+            $err.Exception.Message | Should -Match 'silent for \d+ s'
+            $err.Exception.Message | Should -Match 'accelerator tcg'
+            Test-Path "/proc/$qemu" | Should -BeFalse
+        } finally {
+            $ps.Dispose()
+        }
+    }
+}

@@ -44,13 +44,8 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         return PlanCommand(config, image.Ref, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
     }
 
-    private static PodConfig ResolveUser(PodConfig config, ImageInfo image)
-    {
-        var passwd = Path.Combine(image.Ref, "etc/passwd");
-        // lstat-only check: a symlinked passwd could point at the host's; read only a regular file.
-        var text = File.Exists(passwd) && new FileInfo(passwd).LinkTarget is null ? File.ReadAllText(passwd) : null;
-        return GuestUsers.Resolve(config, text);
-    }
+    // The passwd the sandbox would see, read inside the image root (never through its symlinks to the host's).
+    private static PodConfig ResolveUser(PodConfig config, ImageInfo image) => GuestUsers.ResolveInImage(config, image.Ref);
 
     private PodPlan PlanCommand(PodConfig config, string rootfs, bool interactive, IReadOnlyDictionary<string, string>? env, IReadOnlyList<string> command) => new()
     {
@@ -131,25 +126,14 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         return Task.FromResult(Workspace.TarOfHostDirectory(pod.WorkspaceDir, extraFiles, events, cancellationToken));
     }
 
-    public async Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
+    public Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
     {
         RequireRunning(pod);
-        // The rootfs is a host directory: read it directly, refusing a symlink that leaves it.
-        foreach (var candidate in new[] { "etc/os-release", "usr/lib/os-release" })
-        {
-            var path = Path.Combine(pod.ImageRef, candidate);
-            if (!File.Exists(path)) continue;
-            var info = new FileInfo(path);
-            if (info.LinkTarget is not null)
-            {
-                var resolved = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName;
-                if (resolved is null || !resolved.StartsWith(Path.GetFullPath(pod.ImageRef) + "/", StringComparison.Ordinal))
-                    continue;
-            }
-            return ReleaseData.Parse(await File.ReadAllTextAsync(path, cancellationToken).ConfigureAwait(false));
-        }
-        throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
-            "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef);
+        // The rootfs is a host directory: read it on the host, but as the sandbox sees it, so that
+        // an image whose /etc points at the host's /etc reports its own os-release or none.
+        cancellationToken.ThrowIfCancellationRequested();
+        return Task.FromResult(ReleaseData.ReadFromImage(pod.ImageRef) ?? throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
+            "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef));
     }
 
     public async Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken)

@@ -25,7 +25,7 @@ internal enum RootedOpenResult
     NotRegularFile,
     /// <summary>More than 40 symlinks on the way (a loop), as the kernel's ELOOP.</summary>
     SymlinkLoop,
-    /// <summary>A directory on the way may not be searched by this process.</summary>
+    /// <summary>A directory on the way may not be searched, or the file not read, by this process.</summary>
     AccessDenied,
 }
 
@@ -126,6 +126,7 @@ internal static unsafe class RootedPath
                 // Re-open the O_PATH descriptor itself: the kernel hands back the same inode, so
                 // nothing can be swapped in between the type check and the read.
                 int readFd = Open(Libc.AT_FDCWD, "/proc/self/fd/" + fd, O_RDONLY | O_NOCTTY | O_CLOEXEC);
+                if (readFd == -EACCES) return RootedOpenResult.AccessDenied; // a 0000 file of a non-root import
                 if (readFd < 0) throw Error("reopen", path, -readFd);
                 handle = new SafeFileHandle(readFd, ownsHandle: true);
                 return RootedOpenResult.Opened;

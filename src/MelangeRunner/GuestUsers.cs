@@ -1,3 +1,5 @@
+using MelangeRunner.Images;
+
 namespace MelangeRunner;
 
 /// <summary>Resolves the RunAs user of a config against the image's /etc/passwd.</summary>
@@ -10,7 +12,7 @@ public static class GuestUsers
     /// </summary>
     public static PodConfig Resolve(PodConfig config, string? passwd)
     {
-        if (!string.IsNullOrEmpty(config.RunAsUID) || string.IsNullOrEmpty(config.RunAs) || config.RunAs is "root" or "0")
+        if (!NeedsLookup(config))
             return config;
         var resolved = config.Clone();
         if (uint.TryParse(config.RunAs, out _))
@@ -33,4 +35,16 @@ public static class GuestUsers
             $"The user '{config.RunAs}' is not in the image's /etc/passwd.",
             "Add the user to the image, or pass a numeric id with -RunAs or -RunAsUid.", config.RunAs);
     }
+
+    /// <summary>
+    /// <see cref="Resolve(PodConfig, string?)"/> against the /etc/passwd of the unpacked image at
+    /// <paramref name="rootfs"/>, read as the sandbox sees it (<see cref="ImageRoot"/>): through
+    /// the image's own symlinks, never the host's passwd. Read only when a name must be looked up.
+    /// </summary>
+    public static PodConfig ResolveInImage(PodConfig config, string rootfs) =>
+        Resolve(config, NeedsLookup(config) && !uint.TryParse(config.RunAs, out _) ? ImageRoot.ReadText(rootfs, "/etc/passwd") : null);
+
+    /// <summary>A RunAs other than root, with no RunAsUID given, is resolved (a name through the image's passwd).</summary>
+    private static bool NeedsLookup(PodConfig config) =>
+        string.IsNullOrEmpty(config.RunAsUID) && !string.IsNullOrEmpty(config.RunAs) && config.RunAs is not ("root" or "0");
 }

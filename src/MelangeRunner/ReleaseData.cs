@@ -1,4 +1,5 @@
 using System.Text;
+using MelangeRunner.Images;
 
 namespace MelangeRunner;
 
@@ -42,6 +43,20 @@ public sealed class ReleaseData
             BugReportURL = Get("BUG_REPORT_URL"),
             Fields = fields,
         };
+    }
+
+    /// <summary>
+    /// The os-release of the unpacked image at <paramref name="rootfs"/>, read as the sandbox
+    /// sees it (<see cref="ImageRoot"/>: the image's symlinks resolve inside the image, never to
+    /// the host's os-release): /etc/os-release, else /usr/lib/os-release, as os-release(5) says;
+    /// null when the image has neither.
+    /// </summary>
+    public static ReleaseData? ReadFromImage(string rootfs)
+    {
+        foreach (var candidate in new[] { "/etc/os-release", "/usr/lib/os-release" })
+            if (ImageRoot.ReadText(rootfs, candidate) is { } text)
+                return Parse(text);
+        return null;
     }
 
     private static string Unquote(string value)

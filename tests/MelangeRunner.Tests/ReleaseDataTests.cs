@@ -1,3 +1,4 @@
+using MelangeRunner.Tests.Tar;
 using Xunit;
 
 namespace MelangeRunner.Tests;
@@ -44,5 +45,27 @@ public class ReleaseDataTests
         var data = ReleaseData.Parse("ID=alpine\n");
         Assert.Equal("", data.VersionID);
         Assert.Equal("alpine", data.ToString());
+    }
+
+    [Fact]
+    public void ReadFromImageFollowsTheImagesLinksInsideTheImage()
+    {
+        using var t = new TempTree();
+        var root = t.Dir("root");
+        // /etc -> /etc would be the host's os-release to a plain read; inside the image it is a loop.
+        File.CreateSymbolicLink(Path.Combine(root, "etc"), "/etc");
+        Assert.True(File.Exists(Path.Combine(root, "etc/os-release")), "the host has an os-release for a plain read to find");
+        Assert.Null(ReleaseData.ReadFromImage(root));
+        Directory.CreateDirectory(Path.Combine(root, "usr/lib"));
+        File.WriteAllText(Path.Combine(root, "usr/lib/os-release"), "ID=fallback\n");
+        Assert.Equal("fallback", ReleaseData.ReadFromImage(root)!.ID);
+        // /etc/os-release wins when it resolves inside the image: etc -> /srv/etc, an absolute link.
+        File.Delete(Path.Combine(root, "etc"));
+        File.CreateSymbolicLink(Path.Combine(root, "etc"), "/srv/etc");
+        Directory.CreateDirectory(Path.Combine(root, "srv/etc"));
+        File.CreateSymbolicLink(Path.Combine(root, "srv/etc/os-release"), "../../../../../../opt/os-release");
+        Directory.CreateDirectory(Path.Combine(root, "opt"));
+        File.WriteAllText(Path.Combine(root, "opt/os-release"), "ID=inimage\n");
+        Assert.Equal("inimage", ReleaseData.ReadFromImage(root)!.ID);
     }
 }

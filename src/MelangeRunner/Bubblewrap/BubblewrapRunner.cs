@@ -44,13 +44,8 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         return PlanCommand(config, image.Ref, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
     }
 
-    private static PodConfig ResolveUser(PodConfig config, ImageInfo image)
-    {
-        var passwd = Path.Combine(image.Ref, "etc/passwd");
-        // lstat-only check: a symlinked passwd could point at the host's; read only a regular file.
-        var text = File.Exists(passwd) && new FileInfo(passwd).LinkTarget is null ? File.ReadAllText(passwd) : null;
-        return GuestUsers.Resolve(config, text);
-    }
+    // The passwd the sandbox would see, read inside the image root (never through its symlinks to the host's).
+    private static PodConfig ResolveUser(PodConfig config, ImageInfo image) => GuestUsers.ResolveInImage(config, image.Ref);
 
     private PodPlan PlanCommand(PodConfig config, string rootfs, bool interactive, IReadOnlyDictionary<string, string>? env, IReadOnlyList<string> command) => new()
     {
@@ -131,46 +126,65 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         return Task.FromResult(Workspace.TarOfHostDirectory(pod.WorkspaceDir, extraFiles, events, cancellationToken));
     }
 
-    public async Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
+    public Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken)
     {
         RequireRunning(pod);
-        // The rootfs is a host directory: read it directly, refusing a symlink that leaves it.
-        foreach (var candidate in new[] { "etc/os-release", "usr/lib/os-release" })
-        {
-            var path = Path.Combine(pod.ImageRef, candidate);
-            if (!File.Exists(path)) continue;
-            var info = new FileInfo(path);
-            if (info.LinkTarget is not null)
-            {
-                var resolved = info.ResolveLinkTarget(returnFinalTarget: true)?.FullName;
-                if (resolved is null || !resolved.StartsWith(Path.GetFullPath(pod.ImageRef) + "/", StringComparison.Ordinal))
-                    continue;
-            }
-            return ReleaseData.Parse(await File.ReadAllTextAsync(path, cancellationToken).ConfigureAwait(false));
-        }
-        throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
-            "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef);
+        // The rootfs is a host directory: read it on the host, but as the sandbox sees it, so that
+        // an image whose /etc points at the host's /etc reports its own os-release or none.
+        cancellationToken.ThrowIfCancellationRequested();
+        return Task.FromResult(ReleaseData.ReadFromImage(pod.ImageRef) ?? throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
+            "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", pod.ImageRef));
     }
 
+    /// <summary>The directory of an image's rootfs inside its private directory.</summary>
+    internal const string RootfsDirName = "rootfs";
+    internal const string PrivateDirPrefix = "melange-guest-";
+
+    /// <remarks>
+    /// Security rule: an image's rootfs lives one level down in a directory that only the
+    /// importing user can enter (0700: melange-guest-XXXX/rootfs). Images carry setuid and
+    /// setgid files, devices and file capabilities, owned by root when root imports; and a
+    /// layer's own <c>./</c> entry decides the mode of the rootfs itself. Were the rootfs
+    /// reachable, any other host user could run its setuid-root programs with euid 0. The
+    /// private parent is created here and no layer entry can name it, so no layer can widen it.
+    /// bwrap binds the rootfs itself, so the sandbox still sees its own <c>/</c> (0755), which a
+    /// non-root build user can traverse. <see cref="ImageInfo.Ref"/> is the rootfs, as before.
+    /// </remarks>
     public async Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken)
     {
-        var guestDir = Directory.CreateTempSubdirectory("melange-guest-").FullName;
+        // mkdtemp: a new directory, 0700, that no other user could have made or swapped.
+        var privateDir = Directory.CreateTempSubdirectory(PrivateDirPrefix).FullName;
         try
         {
-            var source = await ImageImporter.ExtractAsync(path, arch, guestDir, events, cancellationToken).ConfigureAwait(false);
-            return new ImageInfo { Runner = Name, Ref = guestDir, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
+            File.SetUnixFileMode(privateDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var rootfs = Path.Combine(privateDir, RootfsDirName);
+            Directory.CreateDirectory(rootfs);
+            // 0755 whatever the umask: the sandbox's '/', which a build user that is not root must traverse.
+            File.SetUnixFileMode(rootfs, (UnixFileMode)0x1ED); // 0755
+            var source = await ImageImporter.ExtractAsync(path, arch, rootfs, events, cancellationToken).ConfigureAwait(false);
+            return new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
         }
         catch
         {
-            Workspace.DeleteTree(guestDir);
+            Workspace.DeleteTree(privateDir);
             throw;
         }
     }
 
+    /// <summary>Deletes the whole private directory of an imported image (a Ref of another shape: that directory).</summary>
     public Task RemoveImageAsync(ImageInfo image, CancellationToken cancellationToken)
     {
-        Workspace.DeleteTree(image.Ref);
+        Workspace.DeleteTree(PrivateDirOf(image.Ref) ?? image.Ref);
         return Task.CompletedTask;
+    }
+
+    /// <summary>melange-guest-XXXX for a Ref melange-guest-XXXX/rootfs; null for any other shape.</summary>
+    private static string? PrivateDirOf(string rootfs)
+    {
+        var full = Path.TrimEndingDirectorySeparator(Path.GetFullPath(rootfs));
+        var parent = Path.GetDirectoryName(full);
+        return Path.GetFileName(full) == RootfsDirName && parent is not null && Path.GetFileName(parent).StartsWith(PrivateDirPrefix, StringComparison.Ordinal)
+            ? parent : null;
     }
 
     private void RequireImage(ImageInfo image)
@@ -182,6 +196,14 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         if (!Directory.Exists(image.Ref))
             throw new MelangeException(ErrorKind.ObjectNotFound, "ImageRemoved",
                 $"The image directory {image.Ref} no longer exists.", "Import the image again with Import-MelangeImage.", image);
+        // The rule of LoadImageAsync, checked where it matters: no pod starts from a rootfs that
+        // other host users can reach (an image unpacked by an older version, or a parent widened since).
+        var parent = Path.GetDirectoryName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(image.Ref)));
+        var status = parent is null ? null : Native.Libc.LStat(parent);
+        if (status is not { IsDirectory: true } || status.Value.Uid != Native.Ids.EffectiveUid || (status.Value.Permissions & 0x3F) != 0 /* any group or other bit (077) */)
+            throw new MelangeException(ErrorKind.SecurityError, "ImageNotPrivate",
+                $"The image directory {image.Ref} is not inside a directory that only you can enter ({parent}); other host users could run its setuid programs.",
+                "Remove it with Remove-MelangeImage and import it again with Import-MelangeImage.", image);
     }
 
     private static void RequireRunning(Pod pod)

@@ -8,16 +8,44 @@ namespace MelangeRunner.Qemu;
 /// </summary>
 public sealed class QemuImageLoader : IImageLoader
 {
+    internal const string PrivateDirPrefix = "melange-rootfs-", TarName = "rootfs.tar";
+
+    /// <remarks>
+    /// Security rule: the flattened tar (and the blobs unpacked beside it while flattening)
+    /// lives in a directory only the importing user can enter (0700, melange-rootfs-XXXX), and
+    /// the tar itself is 0600: it holds every file of the image, /etc/shadow and setuid
+    /// programs' contents included, with no business being readable by other host users.
+    /// </remarks>
     public async Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken)
     {
-        var tarPath = Path.Combine(Path.GetTempPath(), $"melange-rootfs-{Guid.NewGuid():N}.tar");
-        var source = await ImageImporter.FlattenAsync(path, arch, tarPath, events, cancellationToken).ConfigureAwait(false);
-        return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
+        // mkdtemp: 0700 and new, so no other user could have placed or swapped anything in it.
+        var privateDir = Directory.CreateTempSubdirectory(PrivateDirPrefix).FullName;
+        try
+        {
+            File.SetUnixFileMode(privateDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
+            var tarPath = Path.Combine(privateDir, TarName);
+            // Created 0600 first: the flattener truncates and rewrites it, keeping the mode.
+            using (new FileStream(tarPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite })) { }
+            var source = await ImageImporter.FlattenAsync(path, arch, tarPath, events, cancellationToken).ConfigureAwait(false);
+            File.SetUnixFileMode(tarPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+            return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
+        }
+        catch
+        {
+            Workspace.DeleteTree(privateDir);
+            throw;
+        }
     }
 
+    /// <summary>Deletes the tar and its private directory (a Ref of another shape: only that file).</summary>
     public Task RemoveImageAsync(ImageInfo image, CancellationToken cancellationToken)
     {
-        File.Delete(image.Ref);
+        var full = Path.GetFullPath(image.Ref);
+        var parent = Path.GetDirectoryName(full);
+        if (Path.GetFileName(full) == TarName && parent is not null && Path.GetFileName(parent).StartsWith(PrivateDirPrefix, StringComparison.Ordinal))
+            Workspace.DeleteTree(parent);
+        else
+            File.Delete(image.Ref);
         return Task.CompletedTask;
     }
 }

@@ -660,7 +660,7 @@ public sealed class QemuRunner : IRunner, IDebugger
     {
         RequireRunning(pod);
         // The build environment's os-release (the rootfs at /mount), not the initramfs's.
-        var (code, text) = await TryCaptureAsync(pod.ControlClient!.Client, "cat /mount/etc/os-release 2>/dev/null || cat /mount/usr/lib/os-release",
+        var (code, text) = await TryCaptureAsync(pod.ControlClient!.Client, "chroot /mount cat /etc/os-release 2>/dev/null || chroot /mount cat /usr/lib/os-release",
             events, cancellationToken).ConfigureAwait(false);
         if (code != 0)
             throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",

@@ -250,7 +250,7 @@ Import-Module '$script:ModuleManifest'
 `$ws = `$pod.WorkspaceDir
 Remove-Module MelangeRunner
 '{0} {1}' -f `$pod.State, (Test-Path `$ws)
-[MelangeRunner.Workspace]::DeleteTree(`$img.Ref)
+[MelangeRunner.Workspace]::DeleteTree((Split-Path `$img.Ref)) # the image's private directory, with the rootfs in it
 "@
         $pwsh = Join-Path $PSHOME 'pwsh'
         $out = & $pwsh -NoProfile -NonInteractive -Command $script 2>&1

@@ -58,6 +58,9 @@ public sealed class ImageInfo
     /// <summary>What the source was found to be (layer tar, OCI layout, docker save archive…).</summary>
     public string? SourceKind { get; init; }
 
+    /// <summary>The image config's Env ("K=V", in order) from an OCI layout or archive or a docker save archive; every step gets it under the pod's own environment.</summary>
+    public string[] Env { get; init; } = Array.Empty<string>();
+
     public override string ToString() => Ref;
 }
 

@@ -87,6 +87,38 @@ public sealed class PodConfig
     /// <summary>qemu: "auto" (KVM where it really runs guests, else TCG; also when empty), "kvm" or "tcg".</summary>
     public string? Accelerator { get; set; }
 
+    /// <summary>
+    /// The environment of one step, the same on every runner, each layer over the one before:
+    /// melange's default PATH (<see cref="Defaults.Path"/>), the image config's Env ("K=V", as
+    /// OCI writes it), this config's Environment, then the call's own variables.
+    /// </summary>
+    public Dictionary<string, string> StepEnvironment(IEnumerable<string>? imageEnv, IReadOnlyDictionary<string, string>? call)
+    {
+        var env = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var (k, v) in BaseEnvironment(imageEnv, call)) env[k] = v;
+        foreach (var (k, v) in Environment) env[k] = v;
+        if (call is not null) foreach (var (k, v) in call) env[k] = v;
+        return env;
+    }
+
+    /// <summary>
+    /// The layers under this config's Environment for a step: melange's default PATH unless the
+    /// image, this config or the call's variables (<paramref name="call"/>) set one, then the image
+    /// config's Env entries.
+    /// </summary>
+    public IEnumerable<KeyValuePair<string, string>> BaseEnvironment(IEnumerable<string>? imageEnv, IReadOnlyDictionary<string, string>? call)
+    {
+        var image = new List<KeyValuePair<string, string>>();
+        foreach (var kv in imageEnv ?? Array.Empty<string>())
+        {
+            var eq = kv.IndexOf('=');
+            if (eq > 0) image.Add(new(kv[..eq], kv[(eq + 1)..]));
+        }
+        if (!image.Any(kv => kv.Key == "PATH") && !Environment.ContainsKey("PATH") && call?.ContainsKey("PATH") != true)
+            image.Insert(0, new("PATH", Defaults.Path));
+        return image;
+    }
+
     /// <summary>A deep copy, so that a started pod is not changed by later edits to the config.</summary>
     public PodConfig Clone() => new()
     {

@@ -14,6 +14,9 @@ public static class Defaults
 
     /// <summary>The build user that steps run as when no other user is asked for.</summary>
     public const string BuildUserId = "1000";
+
+    /// <summary>The PATH of every step unless the image or the user sets one (melange's pkg/build/pipeline.go).</summary>
+    public const string Path = "/usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/sbin:/bin";
 }
 
 /// <summary>Binary size units (melange uses binary values for all units).</summary>

@@ -7,7 +7,7 @@ public class BubblewrapCommandTests
 {
     private static string[] Build(PodConfig config, bool interactive = false, IReadOnlyDictionary<string, string>? env = null,
         bool hostIsRoot = true, IEnumerable<BindMount>? mounts = null, params string[] command) =>
-        BubblewrapCommand.Build("/guest", mounts ?? config.Mounts, config, interactive, env,
+        BubblewrapCommand.Build("/guest", mounts ?? config.Mounts, config, interactive, config.BaseEnvironment(null, env), env,
             command.Length == 0 ? new[] { "true" } : command, hostIsRoot);
 
     private static string Joined(string[] args) => " " + string.Join(' ', args) + " ";
@@ -123,7 +123,7 @@ public class BubblewrapCommandTests
         config.Environment["A"] = "1";
         var args = Build(config, env: new Dictionary<string, string> { ["A"] = "override", ["C"] = "3" });
         var setenvs = args.Select((a, i) => (a, i)).Where(x => x.a == "--setenv").Select(x => $"{args[x.i + 1]}={args[x.i + 2]}").ToList();
-        Assert.Equal(new[] { "B=2", "A=1", "A=override", "C=3" }, setenvs);
+        Assert.Equal(new[] { "PATH=" + Defaults.Path, "B=2", "A=1", "A=override", "C=3" }, setenvs);
         // bwrap applies --setenv in order, so the override is what the command sees; all come after --clearenv.
         Assert.True(Array.IndexOf(args, "--setenv") > Array.IndexOf(args, "--clearenv"));
     }
@@ -137,4 +137,38 @@ public class BubblewrapCommandTests
 
     private static List<string> CapsAdded(string[] args) =>
         args.Select((a, i) => (a, i)).Where(x => x.a == "--cap-add").Select(x => args[x.i + 1]).ToList();
+}
+
+public class StepEnvironmentTests
+{
+    [Fact]
+    public void MelangesPathThenTheImageThenThePodThenTheCall()
+    {
+        var config = new PodConfig();
+        config.Environment["CC"] = "clang";
+        var env = config.StepEnvironment(new[] { "PATH=/opt/tools/bin:/usr/bin", "CC=gcc", "LANG=C.UTF-8", "NOEQUALS" },
+            new Dictionary<string, string> { ["LANG"] = "C" });
+        Assert.Equal("/opt/tools/bin:/usr/bin", env["PATH"]);
+        Assert.Equal("clang", env["CC"]);
+        Assert.Equal("C", env["LANG"]);
+        Assert.False(env.ContainsKey("NOEQUALS"));
+    }
+
+    [Fact]
+    public void WithoutAnImagePathMelangesDefaultPathIsSet()
+    {
+        Assert.Equal("/usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/sbin:/bin", new PodConfig().StepEnvironment(null, null)["PATH"]);
+    }
+
+    [Fact]
+    public void TheBwrapVectorLayersTheSameWay()
+    {
+        var config = new PodConfig();
+        config.Environment["PATH"] = "/mine";
+        var args = BubblewrapCommand.Build("/guest", config.Mounts, config, false, config.BaseEnvironment(new[] { "PATH=/image", "LANG=C" }, null), null, new[] { "true" }, true);
+        var setenvs = args.Select((a, i) => (a, i)).Where(x => x.a == "--setenv").Select(x => $"{args[x.i + 1]}={args[x.i + 2]}").ToList();
+        Assert.Equal(new[] { "PATH=/image", "LANG=C", "PATH=/mine" }, setenvs); // bwrap applies them in order: /mine wins
+        // melange's default only where nothing else names a PATH.
+        Assert.DoesNotContain(new PodConfig().BaseEnvironment(null, new Dictionary<string, string> { ["PATH"] = "/x" }), kv => kv.Key == "PATH");
+    }
 }

@@ -101,7 +101,7 @@ Describe 'A bubblewrap pod' -Skip:$noBwrap {
         $verbose = $script:pod | Invoke-MelangePod -Command true -Verbose 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
         $line = ($verbose.Message | Where-Object { $_ -like 'Running: bwrap *' })
         $line | Should -Not -BeNullOrEmpty
-        $line | Should -BeLike "Running: bwrap --bind $($script:img.Ref) / --bind $($script:ws) /home/build --unshare-pid *--new-session --unshare-net --setenv SOURCE_DATE_EPOCH 0 --setenv GREETING hello true"
+        $line | Should -BeLike "Running: bwrap --bind $($script:img.Ref) / --bind $($script:ws) /home/build --unshare-pid *--new-session --unshare-net --setenv PATH $([MelangeRunner.Defaults]::Path) --setenv SOURCE_DATE_EPOCH 0 --setenv GREETING hello true"
     }
 
     It 'enters the pod interactively, without --new-session, and sets $LASTEXITCODE' {
@@ -367,7 +367,7 @@ Describe 'Get-MelangePodPlan' -Skip:$noBwrap {
         $plan.Runner | Should -Be 'bubblewrap'
         $plan.FileName | Should -Be 'bwrap'
         $plan.Arguments[0..5] | Should -Be @('--bind', $script:img.Ref, '/', '--bind', $ws, '/home/build')
-        ($plan.Arguments -join ' ') | Should -BeLike '*--unshare-pid --die-with-parent --dev /dev --proc /proc --ro-bind /sys /sys --chdir /home/build --clearenv --unshare-user --uid 65535 --gid 65535 --cap-drop ALL*--new-session --unshare-net --setenv K V*'
+        ($plan.Arguments -join ' ') | Should -BeLike '*--unshare-pid --die-with-parent --dev /dev --proc /proc --ro-bind /sys /sys --chdir /home/build --clearenv --unshare-user --uid 65535 --gid 65535 --cap-drop ALL*--new-session --unshare-net --setenv PATH /usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/sbin:/bin --setenv K V*'
         Test-Path $ws | Should -BeFalse -Because 'a plan runs nothing and creates nothing'
     }
 

@@ -7,13 +7,15 @@ public static class BubblewrapCommand
 
     /// <param name="rootfs">The guest directory bound at / (the image ref).</param>
     /// <param name="mounts">Bind mounts after the root, in order.</param>
-    /// <param name="config">The pod config (user, capabilities, networking, environment).</param>
+    /// <param name="config">The pod config (user, capabilities, networking).</param>
     /// <param name="interactive">For a terminal session: no --new-session, which would break job control.</param>
+    /// <param name="baseEnvironment">What comes before the config's environment: melange's PATH and the image's Env (<see cref="PodConfig.BaseEnvironment"/>).</param>
     /// <param name="environmentOverride">Per-call variables, set after (so over) the config's.</param>
     /// <param name="command">The command to run in the sandbox.</param>
     /// <param name="hostIsRoot">Whether bwrap runs as root; a root build without it needs a user namespace.</param>
     public static string[] Build(string rootfs, IEnumerable<BindMount> mounts, PodConfig config, bool interactive,
-        IReadOnlyDictionary<string, string>? environmentOverride, IEnumerable<string> command, bool hostIsRoot)
+        IEnumerable<KeyValuePair<string, string>> baseEnvironment, IReadOnlyDictionary<string, string>? environmentOverride,
+        IEnumerable<string> command, bool hostIsRoot)
     {
         // The root must be bound first: every later mount lands inside it.
         var args = new List<string> { "--bind", rootfs, "/" };
@@ -41,6 +43,8 @@ public static class BubblewrapCommand
         if (!interactive) args.Add("--new-session");
         if (!config.Capabilities.Networking) args.Add("--unshare-net");
 
+        // bwrap applies --setenv in order: each layer over the one before, as melange's env then overrides.
+        foreach (var (k, v) in baseEnvironment) args.AddRange(new[] { "--setenv", k, v });
         foreach (var (k, v) in config.Environment) args.AddRange(new[] { "--setenv", k, v });
         if (environmentOverride is not null)
             foreach (var (k, v) in environmentOverride) args.AddRange(new[] { "--setenv", k, v });

@@ -41,17 +41,17 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
             config = config.Clone();
             config.WorkspaceDir = Path.Combine(Path.GetTempPath(), "melange-workspace-<new>");
         }
-        return PlanCommand(config, image.Ref, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
+        return PlanCommand(config, image, interactive: false, null, new[] { "/bin/sh", "-c", LdconfigScript });
     }
 
     // The passwd the sandbox would see, read inside the image root (never through its symlinks to the host's).
     private static PodConfig ResolveUser(PodConfig config, ImageInfo image) => GuestUsers.ResolveInImage(config, image.Ref);
 
-    private PodPlan PlanCommand(PodConfig config, string rootfs, bool interactive, IReadOnlyDictionary<string, string>? env, IReadOnlyList<string> command) => new()
+    private PodPlan PlanCommand(PodConfig config, ImageInfo image, bool interactive, IReadOnlyDictionary<string, string>? env, IReadOnlyList<string> command) => new()
     {
         Runner = Name,
         FileName = BubblewrapCommand.Program,
-        Arguments = BubblewrapCommand.Build(rootfs, EffectiveMounts(config), config, interactive, env, command, HostIsRoot),
+        Arguments = BubblewrapCommand.Build(image.Ref, EffectiveMounts(config), config, interactive, config.BaseEnvironment(image.Env, env), env, command, HostIsRoot),
     };
 
     /// <summary>The workspace and cache bound at melange's paths, then the user's mounts.</summary>
@@ -106,14 +106,14 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
 
     private Task<int> RunCoreAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, bool setup, CancellationToken cancellationToken)
     {
-        var plan = PlanCommand(pod.Config, pod.ImageRef, interactive: false, environment, command);
+        var plan = PlanCommand(pod.Config, pod.Image, interactive: false, environment, command);
         return PodProcess.RunAsync(plan.FileName, plan.Arguments, events, cancellationToken, stdoutToVerbose: setup);
     }
 
     public Task<int> DebugAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
         RequireRunning(pod);
-        var plan = PlanCommand(pod.Config, pod.ImageRef, interactive: true, environment, command);
+        var plan = PlanCommand(pod.Config, pod.Image, interactive: true, environment, command);
         return PodProcess.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken);
     }
 

@@ -521,16 +521,15 @@ public sealed class QemuRunner : IRunner, IDebugger
     public Task<int> RunAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
         var state = RequireRunning(pod);
-        var line = BuildCommandLine(pod.Config, environment, command);
+        var line = BuildCommandLine(pod.Config, pod.Image.Env, environment, command);
         events.Verbose($"Running over SSH as {pod.BuildClient!.User}@{pod.SshAddress}: {line}");
         return WithDeadVmCheck(pod, state, () => GuestSsh.RunAsync(pod.BuildClient!.Client, line, events.StandardOutput, events.StandardError, cancellationToken));
     }
 
-    /// <summary>cd to the workspace, then the pod's environment, the per-call one, and melange's CAP_ADD/CAP_DROP.</summary>
-    internal static string BuildCommandLine(PodConfig config, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command)
+    /// <summary>cd to the workspace, then the step's environment (<see cref="PodConfig.StepEnvironment"/>) and melange's CAP_ADD/CAP_DROP.</summary>
+    internal static string BuildCommandLine(PodConfig config, IEnumerable<string>? imageEnv, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command)
     {
-        var env = new Dictionary<string, string>(config.Environment, StringComparer.Ordinal);
-        if (environment is not null) foreach (var (k, v) in environment) env[k] = v;
+        var env = config.StepEnvironment(imageEnv, environment);
         env["CAP_ADD"] = string.Join(',', config.Capabilities.Add);
         env["CAP_DROP"] = string.Join(',', config.Capabilities.Drop);
         return $"cd {Defaults.WorkspaceDir} && exec {GuestSsh.BuildCommandLine(env, command)}";
@@ -541,7 +540,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         var state = RequireRunning(pod);
         var port = int.Parse(pod.SshAddress!.Split(':')[1]);
         var user = pod.BuildClient!.User;
-        using var session = OpenSshClient.Prepare(Loopback, port, user, state.ClientKey!, state.HostKeyBlob!, BuildCommandLine(pod.Config, environment, command));
+        using var session = OpenSshClient.Prepare(Loopback, port, user, state.ClientKey!, state.HostKeyBlob!, BuildCommandLine(pod.Config, pod.Image.Env, environment, command));
         return await PodProcess.RunInteractiveAsync(session.FileName, session.Arguments, events, cancellationToken).ConfigureAwait(false);
     }
 

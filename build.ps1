@@ -47,6 +47,7 @@ $HostPackages = [ordered]@{
     '/usr/bin/zstd'               = 'zstd'
     '/usr/bin/xz'                 = 'xz-utils'
     '/bin/bzip2'                  = 'bzip2'
+    '/usr/sbin/debootstrap'       = 'debootstrap'
 }
 $DemoPackages = '/usr/bin/bwrap', '/bin/busybox'
 $TestPackages = @($HostPackages.Keys)

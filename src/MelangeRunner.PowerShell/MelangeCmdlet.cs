@@ -30,7 +30,7 @@ public abstract class MelangeCmdlet : PSCmdlet, IDisposable
         using var sink = new PipelineEventSink(this, standardOutput);
         try
         {
-            return sink.Pump(Task.Run(() => work(sink, Cancellation)));
+            return sink.Pump(Task.Run(() => work(sink, Cancellation)), Cancellation);
         }
         catch (OperationCanceledException) when (Cancellation.IsCancellationRequested)
         {

@@ -44,26 +44,56 @@ internal sealed class PipelineEventSink : IEventSink, IDisposable
     }
 
     /// <summary>
-    /// Runs <paramref name="work"/> in the background, writing its events here until it ends.
-    /// Returns only when the work has ended, even when the pipeline is stopped: a write then
-    /// throws PipelineStoppedException, but the work is still cleaning up (a VM shutting down,
-    /// a partial file being removed), and returning early would let pwsh exit under it.
+    /// How long a stopped cmdlet waits for the engine's clean-up (a qemu shutdown takes at most
+    /// ~10 s: poweroff, SIGTERM, SIGKILL). Past it, work blocked where no token reaches (a read
+    /// from a stalled pipe or network file system) is left to finish on its own, with the reaper
+    /// still holding what it would remove (docs/cleanup.md): a Ctrl+C never hangs.
     /// </summary>
-    public T Pump<T>(Task<T> work)
+    internal static readonly TimeSpan StopGrace = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// Runs <paramref name="work"/> in the background, writing its events here until it ends.
+    /// When the pipeline is stopped a write throws PipelineStoppedException, but the work is
+    /// still cleaning up (a VM shutting down, a partial file being removed), and returning at
+    /// once would let pwsh exit under it: so the queue is drained unwritten until the work ends,
+    /// for <see cref="StopGrace"/> at most.
+    /// </summary>
+    public T Pump<T>(Task<T> work, CancellationToken stopping)
     {
         work.ContinueWith(_ => _queue.CompleteAdding(), TaskScheduler.Default);
-        PipelineStoppedException? stopped = null;
-        foreach (var write in _queue.GetConsumingEnumerable())
+        var stopped = false;
+        var deadline = DateTime.MaxValue;
+        while (true)
         {
-            if (stopped is not null) continue; // drained unwritten: nothing can be written any more
+            Action? write;
+            try
+            {
+                if (stopped)
+                {
+                    var left = deadline - DateTime.UtcNow;
+                    if (left <= TimeSpan.Zero || !_queue.TryTake(out write, left)) break;
+                    continue; // drained unwritten: nothing can be written any more
+                }
+                if (!_queue.TryTake(out write, Timeout.Infinite, stopping)) break; // the work has ended
+            }
+            catch (OperationCanceledException)
+            {
+                stopped = true;
+                deadline = DateTime.UtcNow + StopGrace;
+                continue;
+            }
             try { write(); }
-            catch (PipelineStoppedException e) { stopped = e; }
+            catch (PipelineStoppedException)
+            {
+                stopped = true;
+                deadline = DateTime.UtcNow + StopGrace;
+            }
         }
-        if (stopped is not null)
+        if (stopped)
         {
             // The work saw the same stop through its token; its own exception does not matter now.
-            _ = work.Exception;
-            throw stopped;
+            _ = work.ContinueWith(t => t.Exception, TaskScheduler.Default);
+            throw new PipelineStoppedException();
         }
         foreach (var activity in _progressIds.Keys.ToList())
             WriteProgress(new ProgressReport(activity, "Done", 0, null), completed: true);

@@ -152,3 +152,65 @@ Describe 'PowerShell killed during a bubblewrap step' -Skip:$noBwrap {
         }
     }
 }
+
+Describe 'Import-MelangeImage interrupted' -ForEach @(
+    @{ Runner = 'bubblewrap'; Skip = $noBwrap; Prefix = 'melange-guest-' }
+    @{ Runner = 'qemu'; Skip = $noQemu; Prefix = 'melange-rootfs-' }
+) {
+    BeforeAll {
+        # An image that arrives slowly: a FIFO fed the first part of a real layer at once and the
+        # rest a kilobyte at a time, so that the import is certainly mid-stream when it is stopped.
+        function Start-SlowImage([string]$Fifo) {
+            $null = & mkfifo $Fifo
+            $feed = 'exec 3>"$1"; head -c 400000 "$2" >&3 || exit 0; size=$(stat -c %s "$2"); off=400000; ' +
+                'while [ $off -lt $size ]; do tail -c +$((off + 1)) "$2" 2>/dev/null | head -c 1024 >&3 || exit 0; off=$((off + 1024)); sleep 0.02; done; read _'
+            $start = [Diagnostics.ProcessStartInfo]::new('/bin/sh')
+            foreach ($a in '-c', $feed, 'feeder', $Fifo, (Get-TestRootfs)) { $start.ArgumentList.Add($a) }
+            $start.RedirectStandardInput = $true
+            $start.UseShellExecute = $false
+            [Diagnostics.Process]::Start($start)
+        }
+        function Stop-SlowImage($Feeder, [string]$Fifo) {
+            # A feeder still blocked opening the FIFO is released by opening it for reading.
+            if (-not $Feeder.HasExited) { $Feeder.Kill(); $Feeder.WaitForExit() }
+            $Feeder.Dispose()
+        }
+        function Get-ImportDir([string]$Directory, [string]$Prefix) { @(Get-ChildItem -LiteralPath $Directory -Directory -Filter "$Prefix*" -ErrorAction Ignore | ForEach-Object FullName) }
+    }
+
+    It 'with Ctrl+C: the partial <Runner> image is gone when the stop returns' -Skip:$Skip {
+        $tmp = [IO.Path]::GetTempPath()
+        $before = Get-ImportDir $tmp $Prefix
+        $fifo = Join-Path $TestDrive "slow-$Runner.tar.gz"
+        $feeder = Start-SlowImage $fifo
+        $ps = [powershell]::Create()
+        try {
+            $null = $ps.AddScript({ param($path, $runner, $manifest) Import-Module $manifest; Import-MelangeImage -Path $path -Runner $runner }).
+                AddArgument($fifo).AddArgument($Runner).AddArgument($script:ModuleManifest)
+            $null = $ps.BeginInvoke()
+            Wait-Until -TimeoutSeconds 60 -Because 'the import to start' -Condition { @(Get-ImportDir $tmp $Prefix | Where-Object { $_ -notin $before }).Count -gt 0 }
+            $ps.Stop()
+            @(Get-ImportDir $tmp $Prefix | Where-Object { $_ -notin $before }) | Should -BeNullOrEmpty
+        } finally {
+            $ps.Dispose()
+            Stop-SlowImage $feeder $fifo
+        }
+    }
+
+    It 'with SIGKILL of pwsh: the reaper removes the partial <Runner> image' -Skip:$Skip {
+        $tmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "tmp-import-$Runner")).FullName
+        $fifo = Join-Path $TestDrive "slow-kill-$Runner.tar.gz"
+        $feeder = Start-SlowImage $fifo
+        $child = Start-ChildPwsh -TempDirectory $tmp -Script "Import-Module '$script:ModuleManifest'; Import-MelangeImage -Path '$fifo' -Runner $Runner"
+        try {
+            Wait-Until -TimeoutSeconds 60 -Because 'the import to start' -Condition { (Get-ImportDir $tmp $Prefix).Count -gt 0 }
+            $child.Kill()
+            $child.WaitForExit()
+            Wait-Until -Because 'the partial image to be removed' -Condition { (Get-ImportDir $tmp $Prefix).Count -eq 0 }
+        } finally {
+            if (-not $child.HasExited) { $child.Kill() }
+            $child.Dispose()
+            Stop-SlowImage $feeder $fifo
+        }
+    }
+}

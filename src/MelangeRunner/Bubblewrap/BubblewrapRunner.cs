@@ -152,23 +152,14 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
     /// </remarks>
     public async Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken)
     {
-        // mkdtemp: a new directory, 0700, that no other user could have made or swapped.
-        var privateDir = Directory.CreateTempSubdirectory(PrivateDirPrefix).FullName;
-        try
-        {
-            File.SetUnixFileMode(privateDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            var rootfs = Path.Combine(privateDir, RootfsDirName);
-            Directory.CreateDirectory(rootfs);
-            // 0755 whatever the umask: the sandbox's '/', which a build user that is not root must traverse.
-            File.SetUnixFileMode(rootfs, (UnixFileMode)0x1ED); // 0755
-            var source = await ImageImporter.ExtractAsync(path, arch, rootfs, events, cancellationToken).ConfigureAwait(false);
-            return new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
-        }
-        catch
-        {
-            Workspace.DeleteTree(privateDir);
-            throw;
-        }
+        using var privateDir = PrivateImageDirectory.Create(PrivateDirPrefix);
+        var rootfs = Path.Combine(privateDir.FullName, RootfsDirName);
+        Directory.CreateDirectory(rootfs);
+        // 0755 whatever the umask: the sandbox's '/', which a build user that is not root must traverse.
+        File.SetUnixFileMode(rootfs, (UnixFileMode)0x1ED); // 0755
+        var source = await ImageImporter.ExtractAsync(path, arch, rootfs, events, cancellationToken).ConfigureAwait(false);
+        privateDir.Keep();
+        return new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
     }
 
     /// <summary>Deletes the whole private directory of an imported image (a Ref of another shape: that directory).</summary>

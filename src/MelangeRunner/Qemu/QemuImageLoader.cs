@@ -18,23 +18,14 @@ public sealed class QemuImageLoader : IImageLoader
     /// </remarks>
     public async Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken)
     {
-        // mkdtemp: 0700 and new, so no other user could have placed or swapped anything in it.
-        var privateDir = Directory.CreateTempSubdirectory(PrivateDirPrefix).FullName;
-        try
-        {
-            File.SetUnixFileMode(privateDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
-            var tarPath = Path.Combine(privateDir, TarName);
-            // Created 0600 first: the flattener truncates and rewrites it, keeping the mode.
-            using (new FileStream(tarPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite })) { }
-            var source = await ImageImporter.FlattenAsync(path, arch, tarPath, events, cancellationToken).ConfigureAwait(false);
-            File.SetUnixFileMode(tarPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
-        }
-        catch
-        {
-            Workspace.DeleteTree(privateDir);
-            throw;
-        }
+        using var privateDir = PrivateImageDirectory.Create(PrivateDirPrefix);
+        var tarPath = Path.Combine(privateDir.FullName, TarName);
+        // Created 0600 first: the flattener truncates and rewrites it, keeping the mode.
+        using (new FileStream(tarPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite })) { }
+        var source = await ImageImporter.FlattenAsync(path, arch, tarPath, events, cancellationToken).ConfigureAwait(false);
+        File.SetUnixFileMode(tarPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
+        privateDir.Keep();
+        return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
     }
 
     /// <summary>Deletes the tar and its private directory (a Ref of another shape: only that file).</summary>

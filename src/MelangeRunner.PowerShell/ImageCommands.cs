@@ -1,4 +1,5 @@
 using System.Management.Automation;
+using MelangeRunner.Images;
 
 namespace MelangeRunner.PowerShell;
 
@@ -19,15 +20,51 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
     [Parameter]
     public string? Arch { get; set; }
 
+    /// <summary>
+    /// The most the image may expand to (all layers decompressed): a melange size string
+    /// (64Gi, 500M) or a number of bytes (64GB in PowerShell); default 32 GiB.
+    /// </summary>
+    [Parameter]
+    [ValidateNotNullOrEmpty]
+    public string? MaximumSize { get; set; }
+
+    protected override void BeginProcessing()
+    {
+        if (MaximumSize == null) return;
+        try
+        {
+            var options = new ImageImportOptions { MaximumSize = ParseSize(MaximumSize) };
+            options.Validate();
+            _options = options;
+        }
+        catch (MelangeException e)
+        {
+            ThrowEngineError(e, MaximumSize);
+        }
+    }
+
+    ImageImportOptions _options = ImageImportOptions.Default;
+
+    /// <summary>A PowerShell number arrives as its digits (bytes); anything else is a melange size string.</summary>
+    static long ParseSize(string value) =>
+        long.TryParse(value.Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long bytes)
+            ? bytes : SizeParser.ParseToBytes(value, "maximum image size");
+
     protected override void ProcessRecord()
     {
         var loader = RunnerRegistry.Get(Runner).ImageLoader;
+        var options = _options;
         foreach (var p in Path)
         {
             var path = HostPath(p);
             try
             {
-                var image = RunEngine((events, ct) => loader.LoadImageAsync(path, Arch, events, ct));
+                // The loaders take no options; an AsyncLocal set inside this async lambda reaches the import and ends with it.
+                var image = RunEngine(async (events, ct) =>
+                {
+                    ImageImportOptions.Current = options;
+                    return await loader.LoadImageAsync(path, Arch, events, ct).ConfigureAwait(false);
+                });
                 WriteVerbose($"Imported {image.SourceKind} {image.Source} ({image.Arch}) as {image.Ref}");
                 WriteObject(image);
             }

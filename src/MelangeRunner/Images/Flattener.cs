@@ -16,50 +16,58 @@ internal static class Flattener
     // layer that hides everything below it (whiteout, opaque marker, or a non-directory entry).
     struct Mask { public int Self; public int Children; }
 
-    public static void Run(IReadOnlyList<LayerRef> layers, Stream output, IEventSink events, CancellationToken ct)
+    public static void Run(IReadOnlyList<LayerRef> layers, Stream output, Func<ExpansionBudget> newBudget, IEventSink events, CancellationToken ct)
     {
         var masks = new Dictionary<string, Mask>(StringComparer.Ordinal);
         if (layers.Count > 1)
         {
             var scan = new ProgressTracker(events, layers.Skip(1).ToList(), "Scanning");
+            var scanBudget = newBudget(); // each pass reads the layers once, and is bounded once
             for (int i = 1; i < layers.Count; i++)
             {
                 scan.StartLayer(layers[i]);
                 int layerIndex = i;
-                ImageImporter.WithLayer(layers[i], scan, ct, tar => ScanLayer(tar, layerIndex, masks, ct));
+                ImageImporter.WithLayer(layers[i], scan, scanBudget, ct, tar => ScanLayer(tar, layerIndex, masks, ct));
             }
         }
 
         var writer = new PaxWriter(output);
         var state = new EmitState();
         var progress = new ProgressTracker(events, layers, "Flattening");
+        var budget = newBudget();
         for (int i = 0; i < layers.Count; i++)
         {
             progress.StartLayer(layers[i]);
             int layerIndex = i;
-            ImageImporter.WithLayer(layers[i], progress, ct, tar => EmitLayer(tar, layerIndex, masks, writer, state, events, ct));
+            ImageImporter.WithLayer(layers[i], progress, budget, ct, tar => EmitLayer(tar, layerIndex, masks, writer, state, events, ct));
         }
         writer.Finish();
         progress.Complete();
     }
 
+    /// <summary>
+    /// Pass 1 for one upper layer. Names go through the same rule as in pass 2 (and in the
+    /// extractor), so that a refused name masks nothing: a whiteout ".wh..." never names the
+    /// parent directory.
+    /// </summary>
     static void ScanLayer(Stream tar, int layer, Dictionary<string, Mask> masks, CancellationToken ct)
     {
-        using var reader = new TarReader(tar, leaveOpen: true);
-        TarEntry? e;
-        while ((e = reader.GetNextEntry(copyData: false)) != null)
+        var recorder = new RecordingStream(tar);
+        using var reader = new TarReader(recorder, leaveOpen: true);
+        TarEntry? e = null;
+        while ((e = TarEntries.Next(reader, recorder, e, ct)) != null)
         {
             ct.ThrowIfCancellationRequested();
             if (e.EntryType == TarEntryType.GlobalExtendedAttributes) continue;
-            string? rel = TarPath.Normalize(e.Name, out _);
+            string? rel = TarPath.EntryName(e, recorder, out _);
             if (rel == null) continue;
-            string baseName = TarPath.BaseName(rel);
-            if (baseName == TarPath.OpaqueMarker)
-                Raise(masks, TarPath.Parent(rel), layer, self: false, children: true);
-            else if (baseName.StartsWith(TarPath.WhiteoutPrefix, StringComparison.Ordinal))
-                Raise(masks, TarPath.Join(TarPath.Parent(rel), baseName[TarPath.WhiteoutPrefix.Length..]), layer, self: true, children: true);
-            else
-                Raise(masks, rel, layer, self: true, children: e.EntryType != TarEntryType.Directory);
+            switch (TarPath.Whiteout(rel, out string target, out _))
+            {
+                case TarPath.WhiteoutKind.Opaque: Raise(masks, target, layer, self: false, children: true); break;
+                case TarPath.WhiteoutKind.Entry: Raise(masks, target, layer, self: true, children: true); break;
+                case TarPath.WhiteoutKind.Meta: break; // aufs metadata, or a refused whiteout: hides nothing
+                default: if (rel.Length > 0) Raise(masks, rel, layer, self: true, children: e.EntryType != TarEntryType.Directory); break;
+            }
         }
     }
 
@@ -108,18 +116,24 @@ internal static class Flattener
         while (true)
         {
             ct.ThrowIfCancellationRequested();
-            if (e?.DataStream is { } previous) StreamUtil.Drain(previous, ct);
-            recorder.StartRecording();
-            e = reader.GetNextEntry(copyData: false);
-            recorder.StopRecording();
+            e = TarEntries.Next(reader, recorder, e, ct);
             if (e == null) break;
             var type = e.EntryType;
             if (type == TarEntryType.GlobalExtendedAttributes) continue;
-            string? rel = TarPath.Normalize(e.Name, out string? reason);
-            if (rel == null) { events.Warning($"Skipped tar entry '{e.Name}': {reason}."); continue; }
-            if (TarPath.BaseName(rel).StartsWith(TarPath.WhiteoutPrefix, StringComparison.Ordinal)) continue; // resolved in pass 1
+            string shown = TarExtractor.Printable(e.Name);
+            string? rel = TarPath.EntryName(e, recorder, out string? reason);
+            if (rel == null) { events.Warning($"Skipped tar entry '{shown}': {reason}."); continue; }
+            var whiteout = TarPath.Whiteout(rel, out _, out string? refused);
+            if (refused != null) { events.Warning($"Skipped tar entry '{shown}': {refused}."); continue; }
+            if (whiteout != TarPath.WhiteoutKind.None) continue; // resolved in pass 1
+            // "./": the root is the guest's (its init makes it root-owned 0755 for sshd), never the tar's.
+            if (rel.Length == 0)
+            {
+                if (type != TarEntryType.Directory) events.Warning($"Skipped tar entry '{shown}': it would replace the root directory.");
+                continue;
+            }
             if (Hidden(masks, rel, layer)) continue;
-            if (ThroughSymlink(state, rel, out string via)) { events.Warning($"Skipped tar entry '{e.Name}': its parent '{via}' is a symlink."); continue; }
+            if (ThroughSymlink(state, rel, out string via)) { events.Warning($"Skipped tar entry '{shown}': its parent '{via}' is a symlink."); continue; }
 
             byte flag;
             switch (type)
@@ -131,24 +145,27 @@ internal static class Flattener
                 case TarEntryType.Fifo: flag = PaxWriter.Fifo; break;
                 case TarEntryType.CharacterDevice: flag = PaxWriter.CharDevice; break;
                 case TarEntryType.BlockDevice: flag = PaxWriter.BlockDevice; break;
-                default: events.Warning($"Skipped tar entry '{e.Name}': its type ({type}) is not supported."); continue;
+                default: events.Warning($"Skipped tar entry '{shown}': its type ({type}) is not supported."); continue;
             }
-            if (rel.Length == 0 && flag != PaxWriter.Directory) { events.Warning($"Skipped tar entry '{e.Name}': it would replace the root directory."); continue; }
 
             string? link = null;
             if (flag == PaxWriter.HardLink)
             {
-                link = TarPath.Normalize(e.LinkName, out string? lr);
-                if (link == null || link.Length == 0) { events.Warning($"Skipped tar entry '{e.Name}': it is a hard link to '{e.LinkName}', outside the image."); continue; }
-                if (!state.LinkTargets.Contains(link)) { events.Warning($"Skipped tar entry '{e.Name}': it is a hard link to '{e.LinkName}', which is not in the image before it."); continue; }
+                link = TarPath.HardLinkTarget(e, recorder, out string? lr);
+                if (link == null) { events.Warning($"Skipped tar entry '{shown}': {lr}."); continue; }
+                if (!state.LinkTargets.Contains(link)) { events.Warning($"Skipped tar entry '{shown}': it is a hard link to '{TarExtractor.Printable(e.LinkName)}', which is not in the image before it."); continue; }
             }
-            else if (flag == PaxWriter.Symlink) link = e.LinkName;
+            else if (flag == PaxWriter.Symlink)
+            {
+                link = TarPath.SymlinkTarget(e, recorder, out string? sr);
+                if (link == null) { events.Warning($"Skipped tar entry '{shown}': {sr}."); continue; }
+            }
 
             var posix = e as PosixTarEntry;
             var (sec, ns) = TarExtractor.UnixTime(e.ModificationTime);
             var h = new TarHeaderInfo
             {
-                Name = rel.Length == 0 ? "." : rel,
+                Name = rel,
                 TypeFlag = flag,
                 Mode = (uint)e.Mode,
                 Uid = (uint)e.Uid,
@@ -163,7 +180,9 @@ internal static class Flattener
                 DevMinor = posix != null ? (uint)posix.DeviceMinor : 0,
                 Xattrs = Xattrs.Get(e, recorder, out bool lossy),
             };
-            if (lossy) events.Warning($"Tar entry '{e.Name}': a binary extended attribute value could not be recovered exactly.");
+            if (h.Xattrs?.RemoveAll(x => x.Key.Length == 0 || x.Key.Contains('\0')) > 0)
+                events.Warning($"Tar entry '{shown}': skipped an extended attribute whose name is empty or contains a NUL byte.");
+            if (lossy) events.Warning($"Tar entry '{shown}': a binary extended attribute value could not be recovered exactly.");
             writer.WriteEntry(h, e.DataStream, ct);
 
             if (flag == PaxWriter.Symlink) state.Symlinks.Add(rel);

@@ -26,9 +26,10 @@ internal sealed class ImageSource : IDisposable
 
     /// <summary>
     /// Looks at what <paramref name="path"/> is (by content) and finds the layers for <paramref name="arch"/>.
-    /// A compressed archive is first decompressed into <paramref name="tempDir"/> (created on demand).
+    /// A compressed archive is first decompressed into <paramref name="tempDir"/> (created on demand),
+    /// at most <paramref name="budget"/>'s bytes.
     /// </summary>
-    public static ImageSource Open(string path, string? arch, Func<string> tempDir, IEventSink events, CancellationToken ct)
+    public static ImageSource Open(string path, string? arch, Func<string> tempDir, ExpansionBudget budget, IEventSink events, CancellationToken ct)
     {
         string wanted = Architecture.Normalize(arch);
         if (Directory.Exists(path))
@@ -60,7 +61,7 @@ internal sealed class ImageSource : IDisposable
             using (var raw = OpenFile(path))
             using (var s = Decompression.Open(raw, out _))
             using (var o = new FileStream(tmp, FileMode.CreateNew, FileAccess.Write, FileShare.None, 0))
-                StreamUtil.Copy(s, o, ct);
+                StreamUtil.Copy(budget.Wrap(s), o, ct); // bounded like the layers: a small archive may expand without end
             var src = FromTarFile(tmp, wanted, ct, path);
             return src ?? SingleLayer(tmp, "layer-tar+" + compression, wanted);
         }
@@ -86,9 +87,9 @@ internal sealed class ImageSource : IDisposable
             while ((e = r.GetNextEntry(copyData: false)) is { EntryType: TarEntryType.GlobalExtendedAttributes }) { }
             return e?.Name;
         }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or FormatException)
+        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or FormatException or NotSupportedException)
         {
-            return null; // the extraction pass reports the corruption properly
+            return null; // the extraction pass reports the corruption (or the GNU sparse entry) properly
         }
     }
 
@@ -121,6 +122,13 @@ internal sealed class ImageSource : IDisposable
                     // and the data offset worked out (and checked) when a member is opened.
                     members[rel] = new ArchiveMember(fs.Position, e.Length, e.EntryType, e.LinkName);
                 }
+            }
+            catch (NotSupportedException)
+            {
+                // System.Formats.Tar throws this for GNU sparse entries ('S'): no image archive has
+                // them; as a layer, the extraction pass refuses it by name (SparseTarEntry).
+                fs.Dispose();
+                return null;
             }
             catch (Exception e) when (e is InvalidDataException or EndOfStreamException or FormatException)
             {
@@ -359,7 +367,7 @@ internal sealed class ImageSource : IDisposable
                 if (!_members.TryGetValue(rel, out var m)) break;
                 if (m.Type is TarEntryType.SymbolicLink or TarEntryType.HardLink)
                 {
-                    rel = m.Type == TarEntryType.HardLink ? TarPath.Normalize(m.LinkName, out _) : TarPath.Normalize(TarPath.Join(TarPath.Parent(rel), m.LinkName), out _);
+                    rel = m.Type == TarEntryType.HardLink ? TarPath.Normalize(m.LinkName, out _) : TarPath.ResolveArchiveLink(TarPath.Parent(rel), m.LinkName);
                     continue;
                 }
                 return m;

@@ -24,7 +24,7 @@ public static unsafe class Libc
     public const uint S_IFIFO = 0x1000, S_IFCHR = 0x2000, S_IFDIR = 0x4000, S_IFBLK = 0x6000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFSOCK = 0xC000;
     public const int AT_FDCWD = -100;
     public const int AT_SYMLINK_NOFOLLOW = 0x100;
-    public const int ENOENT = 2, EPERM = 1, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, ENODATA = 61, ERANGE = 34, ENOTSUP = 95, ENOTEMPTY = 39, EACCES = 13;
+    public const int ENOENT = 2, EPERM = 1, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, ENODATA = 61, ERANGE = 34, ENOTSUP = 95, ENOTEMPTY = 39, EACCES = 13, ENAMETOOLONG = 36;
     const uint STATX_BASIC_STATS = 0x7FF;
 
     // struct statx is 256 bytes; the offsets below are fixed by the kernel ABI on all architectures.
@@ -88,8 +88,14 @@ public static unsafe class Libc
     static extern int fchmod_(int fd, uint mode);
     [DllImport("libc", EntryPoint = "futimens", SetLastError = true)]
     static extern int futimens_(int fd, Timespec* times);
-    [DllImport("libc", EntryPoint = "posix_fallocate", SetLastError = true)]
-    static extern int posix_fallocate_(int fd, long offset, long len);
+    [DllImport("libc", EntryPoint = "rmdir", SetLastError = true)]
+    static extern int rmdir_(string path);
+    [DllImport("libc", EntryPoint = "rename", SetLastError = true)]
+    static extern int rename_(string oldpath, string newpath);
+    [DllImport("libc", EntryPoint = "lseek", SetLastError = true)]
+    static extern long lseek_(int fd, long offset, int whence);
+    [DllImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
+    static extern int ftruncate_(int fd, long length);
     [DllImport("libc", EntryPoint = "geteuid")]
     static extern uint geteuid_();
     [DllImport("libc", EntryPoint = "umask")]
@@ -124,6 +130,7 @@ public static unsafe class Libc
     public static int Link(string existing, string newPath) => link_(existing, newPath) == 0 ? 0 : Errno; // Linux link() never follows a symlink `existing`
     public static int Symlink(string target, string linkPath) => symlink_(target, linkPath) == 0 ? 0 : Errno;
     public static int Unlink(string path) => unlink_(path) == 0 ? 0 : Errno;
+    public static int Rmdir(string path) => rmdir_(path) == 0 ? 0 : Errno;
     public static int Mkdir(string path, uint mode) => mkdir_(path, mode & 0xFFF) == 0 ? 0 : Errno;
     public static uint Umask(uint mask) => umask_(mask);
 
@@ -158,7 +165,14 @@ public static unsafe class Libc
     public static int Close(int fd) => close_(fd) == 0 ? 0 : Errno;
     public static int FChown(int fd, uint uid, uint gid) => fchown_(fd, uid, gid) == 0 ? 0 : Errno;
     public static int FChmod(int fd, uint mode) => fchmod_(fd, mode & 0xFFF) == 0 ? 0 : Errno;
-    public static int Fallocate(int fd, long length) => posix_fallocate_(fd, 0, length); // returns the error number itself
+
+    /// <summary>rename(2): replaces a non-directory at <paramref name="newPath"/> atomically (a symlink there is replaced, not followed). Returns 0 or the errno.</summary>
+    public static int Rename(string oldPath, string newPath) => rename_(oldPath, newPath) == 0 ? 0 : Errno;
+
+    /// <summary>Moves the file offset forward without writing: the skipped range stays a hole. Returns 0 or the errno.</summary>
+    public static int SkipForward(int fd, long count) => lseek_(fd, count, 1 /* SEEK_CUR */) >= 0 ? 0 : Errno;
+
+    public static int FTruncate(int fd, long length) => ftruncate_(fd, length) == 0 ? 0 : Errno;
 
     public static int FSetTimes(int fd, long seconds, long nanoseconds)
     {

@@ -64,24 +64,37 @@ public static class DirectoryTarWriter
             return false;
         }
 
+        /// <summary>
+        /// Writes a path and, for a directory, its tree in name order (pre-order), with an explicit
+        /// stack: a deep workspace cannot overflow the thread's stack. A name the reading side
+        /// would refuse (TarPath's rule: over 4095 bytes, a component over 255, not UTF-8) is
+        /// skipped here with a warning instead.
+        /// </summary>
         void Walk(string rel, string full, FileStatus st)
         {
-            _ct.ThrowIfCancellationRequested();
-            if (rel.Length > 0 && !_written.Add(rel)) return; // already written (a path given twice or nested in another)
-            if (st.IsDirectory)
+            var stack = new Stack<(string Rel, string Full, FileStatus St)>();
+            stack.Push((rel, full, st));
+            while (stack.Count > 0)
             {
-                if (rel.Length > 0) Write(rel, full, st);
-                var children = System.IO.Directory.GetFileSystemEntries(full);
+                _ct.ThrowIfCancellationRequested();
+                var (r, f, s) = stack.Pop();
+                if (r.Length > 0 && !_written.Add(r)) continue; // already written (a path given twice or nested in another)
+                if (!s.IsDirectory) { Write(r, f, s); continue; }
+                if (r.Length > 0) Write(r, f, s);
+                var children = System.IO.Directory.GetFileSystemEntries(f);
                 Array.Sort(children, StringComparer.Ordinal);
-                foreach (var child in children)
+                for (int i = children.Length - 1; i >= 0; i--)
                 {
+                    string child = children[i];
+                    string childRel = TarPath.Join(r, Path.GetFileName(child));
+                    // .NET decodes file names as UTF-8 with U+FFFD for invalid bytes: such a name cannot be opened again, nor stored exactly.
+                    if (childRel.Contains('\uFFFD') && Libc.LStat(child) == null) { _events.Warning($"Skipped '{childRel}': its name is not valid UTF-8."); continue; }
+                    if (TarPath.Normalize(childRel, out string? reason) == null) { _events.Warning($"Skipped '{TarExtractor.Printable(childRel)}': {reason}."); continue; }
                     var cs = Libc.LStat(child);
                     if (cs == null) continue; // removed meanwhile
-                    Walk(TarPath.Join(rel, Path.GetFileName(child)), child, cs.Value);
+                    stack.Push((childRel, child, cs.Value));
                 }
-                return;
             }
-            Write(rel, full, st);
         }
 
         void Write(string rel, string full, FileStatus st)

@@ -1,4 +1,6 @@
 using System.Formats.Tar;
+using System.Security.Cryptography;
+using System.Text;
 using MelangeRunner.Native;
 
 namespace MelangeRunner.Tar;
@@ -17,10 +19,12 @@ public sealed class TarExtractOptions
 }
 
 /// <summary>
-/// Extracts untrusted tar streams without ever writing outside the destination:
-/// absolute names, names climbing out with "..", paths whose parent goes through a symlink
-/// (including one the same tar made), hard links to outside or through a symlink, and
-/// device nodes when not root are skipped with a warning naming the entry.
+/// Extracts untrusted tar streams without ever changing anything outside the destination, nor
+/// the destination directory itself: names and link targets that break <see cref="TarPath"/>'s
+/// rule (absolute, with NUL, ".", ".." or empty components, too long, not valid UTF-8), paths
+/// whose parent goes through a symlink (including one the same tar made), hard links through a
+/// symlink, and device nodes when not root are skipped with a warning naming the entry. GNU
+/// sparse entries are refused (SparseTarEntry). Regular files appear only when complete.
 /// </summary>
 public static class SafeTarExtractor
 {
@@ -39,23 +43,80 @@ public static class SafeTarExtractor
 }
 
 /// <summary>
+/// Answers a zero-length read itself: System.Formats.Tar issues them (at the end of an entry's
+/// data, for zero padding), and a source that takes a 0 from its own pipe for the end of the
+/// stream (the bubblewrap export's reader waits for its writer then) would block on a writer
+/// that is blocked on us.
+/// </summary>
+internal sealed class NoEmptyReads : ReadOnlyWrapper
+{
+    readonly Stream _inner;
+    public NoEmptyReads(Stream inner) => _inner = inner;
+    protected override int ReadCore(Span<byte> buffer) => buffer.Length == 0 ? 0 : _inner.Read(buffer);
+}
+
+/// <summary>Reads the entries of one tar with their raw headers recorded; refuses GNU sparse files.</summary>
+internal static class TarEntries
+{
+    /// <summary>
+    /// The next entry, after draining the previous one's data (so that the recorder holds only
+    /// headers). A GNU sparse file is refused: System.Formats.Tar throws on type 'S', and hands
+    /// PAX sparse files (GNU.sparse.*) over as a regular file named "GNUSparseFile.N/x" holding
+    /// the sparse map and the packed data, which would silently be a wrong file.
+    /// </summary>
+    public static TarEntry? Next(TarReader reader, RecordingStream recorder, TarEntry? previous, CancellationToken ct)
+    {
+        if (previous?.DataStream is { } data) StreamUtil.Drain(data, ct);
+        recorder.StartRecording();
+        TarEntry? entry;
+        try { entry = reader.GetNextEntry(copyData: false); }
+        catch (Exception e) when (e is InvalidDataException or NotSupportedException or FormatException && RawHeader.HasSparseMarker(recorder))
+        {
+            var raw = recorder.Overflowed ? null : RawHeader.Read(recorder, RawHeader.Field.Path);
+            throw Sparse(raw != null ? Encoding.UTF8.GetString(raw) : "?", e);
+        }
+        finally { recorder.StopRecording(); }
+        if (entry is PaxTarEntry pax)
+            foreach (var key in pax.ExtendedAttributes.Keys)
+                if (key.StartsWith("GNU.sparse.", StringComparison.Ordinal))
+                    throw Sparse(pax.ExtendedAttributes.TryGetValue("GNU.sparse.name", out var n) ? n : entry.Name, null);
+        return entry;
+    }
+
+    static MelangeException Sparse(string name, Exception? inner) =>
+        new(ErrorKind.InvalidData, "SparseTarEntry",
+            $"The tar entry '{name}' is a GNU sparse file (made with tar --sparse / -S), which is not supported.",
+            "Re-create the tar without --sparse (-S); files with holes are written with holes anyway.", name, inner);
+}
+
+/// <summary>
 /// The extraction engine. One instance can apply several layers in order (then call
 /// <see cref="Finish"/> once: directory modes and times are applied last, deepest first,
 /// so that a 0555 directory still receives its content and its mtime is not disturbed).
 /// </summary>
 /// <remarks>
-/// Safety rests on one rule: before creating anything at "root/a/b/c", every parent
+/// Safety rests on two rules. Lexical: every name, link target and whiteout goes through
+/// <see cref="TarPath"/> before any system call, so no path string holds NUL, ".", ".." or an
+/// empty component, and none is longer than PATH_MAX (every walk below is a loop over at most
+/// 2048 components). File system: before creating anything at "root/a/b/c", every parent
 /// ("a", "a/b") is checked with lstat to be a real directory, never a symlink, and the final
-/// component is never followed (existing non-directories are unlinked first; files are
-/// created with O_EXCL; owner/time changes use lchown/AT_SYMLINK_NOFOLLOW; chmod is only
-/// applied to paths just verified not to be symlinks). Verified directories are cached, and
-/// the cache is dropped whenever a directory is removed or replaced. The tar is the
-/// adversary here, not a concurrent process: nothing else is expected to modify the
-/// destination while it is extracted.
+/// component is never followed (existing non-directories are unlinked or renamed over; files
+/// are created O_EXCL|O_NOFOLLOW; owner/time changes use lchown/AT_SYMLINK_NOFOLLOW; chmod is
+/// only applied to paths just verified not to be symlinks). The destination directory itself
+/// is never changed (a "./" entry's owner, mode, xattrs and times are ignored): it belongs to
+/// the caller. Verified directories are cached, and the cache is dropped whenever a directory
+/// is removed or replaced. The tar is the adversary here, not a concurrent process: nothing
+/// else is expected to modify the destination while it is extracted.
 /// </remarks>
 internal sealed class TarExtractor
 {
+    const string PartialPrefix = ".melange-partial-";
+    // Room kept below PATH_MAX for the temporary name a file is written under.
+    const int PartialReserve = 32;
+    const int HoleBlock = 4096;
+
     readonly string _root;
+    readonly int _rootBytes;
     readonly TarExtractOptions _options;
     readonly IEventSink _events;
     readonly bool _chown;
@@ -75,6 +136,7 @@ internal sealed class TarExtractor
         if (!Directory.Exists(_root))
             throw new MelangeException(ErrorKind.ObjectNotFound, "DestinationNotFound", $"The extraction destination '{destination}' does not exist.",
                 "Create the directory first.", destination);
+        _rootBytes = Encoding.UTF8.GetByteCount(_root);
         _options = options;
         _events = events;
         _chown = options.PreserveOwners && Libc.IsRoot;
@@ -84,11 +146,16 @@ internal sealed class TarExtractor
 
     string Full(string rel) => rel.Length == 0 ? _root : _root + "/" + rel;
 
+    /// <summary>Why the destination path of <paramref name="rel"/> cannot be used, or null.</summary>
+    string? TooLong(string rel) =>
+        _rootBytes + 1 + Encoding.UTF8.GetByteCount(rel) + PartialReserve > TarPath.MaxNameBytes
+            ? $"its path in the destination would be longer than {TarPath.MaxNameBytes - PartialReserve} bytes" : null;
+
     /// <summary>Extracts one tar stream; corrupt or truncated data becomes a MelangeException (InvalidData).</summary>
     public void ExtractLayer(Stream tar, CancellationToken ct)
     {
         _layerPaths.Clear();
-        var recorder = new RecordingStream(tar);
+        var recorder = new RecordingStream(new NoEmptyReads(tar));
         using var reader = new TarReader(recorder, leaveOpen: true);
         long index = 0;
         TarEntry? entry = null;
@@ -97,16 +164,13 @@ internal sealed class TarExtractor
             while (true)
             {
                 ct.ThrowIfCancellationRequested();
-                if (entry?.DataStream is { } previous) StreamUtil.Drain(previous, ct); // so that the recorder only sees headers
-                recorder.StartRecording();
-                entry = reader.GetNextEntry(copyData: false);
-                recorder.StopRecording();
+                entry = TarEntries.Next(reader, recorder, entry, ct);
                 if (entry == null) break;
                 index++;
                 Apply(entry, recorder, ct);
             }
         }
-        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or FormatException or ArgumentException)
+        catch (Exception e) when (e is InvalidDataException or EndOfStreamException or FormatException or ArgumentException or NotSupportedException)
         {
             throw new MelangeException(ErrorKind.InvalidData, "CorruptTar",
                 $"The tar data is corrupt or truncated (after {index} entries{(entry != null ? $", at '{entry.Name}'" : "")}): {e.Message}",
@@ -119,25 +183,25 @@ internal sealed class TarExtractor
         var type = entry.EntryType;
         if (type == TarEntryType.GlobalExtendedAttributes) return; // global PAX headers carry nothing to extract
         string name = entry.Name;
-        string? rel = TarPath.Normalize(name, out string? reason);
+        string? rel = TarPath.EntryName(entry, recorder, out string? reason);
         if (rel == null) { Skip(name, reason!); return; }
 
-        string baseName = TarPath.BaseName(rel);
-        if (_options.ApplyWhiteouts && baseName.StartsWith(TarPath.WhiteoutPrefix, StringComparison.Ordinal))
+        if (_options.ApplyWhiteouts)
         {
-            ApplyWhiteout(name, rel, baseName);
-            return;
+            var kind = TarPath.Whiteout(rel, out string hidden, out string? whiteoutWhy);
+            if (whiteoutWhy != null) { Skip(name, whiteoutWhy); return; }
+            if (kind == TarPath.WhiteoutKind.Meta) return; // aufs metadata: nothing to apply
+            if (kind != TarPath.WhiteoutKind.None) { ApplyWhiteout(kind, hidden); return; }
         }
 
         if (rel.Length == 0)
         {
-            // "./": the root directory's own metadata.
-            if (type != TarEntryType.Directory) { Skip(name, "it would replace the destination directory itself"); return; }
-            ApplyOwnerModeXattrs(entry, _root, name, recorder, chmod: false);
-            Defer("", entry);
-            EntriesWritten++;
+            // "./": the destination directory itself. Its owner, mode, xattrs and times are the
+            // caller's (an image's root is made 0755 by the importer), never the tar's.
+            if (type != TarEntryType.Directory) Skip(name, "it would replace the destination directory itself");
             return;
         }
+        if (TooLong(rel) is { } tooLong) { Skip(name, tooLong); return; }
 
         string parent = TarPath.Parent(rel);
         string? why = EnsureDirectory(parent, create: true);
@@ -164,15 +228,18 @@ internal sealed class TarExtractor
                 WriteFile(entry, full, name, recorder, ct);
                 break;
             case TarEntryType.SymbolicLink:
-                string linkTarget = entry.LinkName;
+            {
+                string? linkTarget = TarPath.SymlinkTarget(entry, recorder, out string? linkWhy);
+                if (linkTarget == null) { Skip(name, linkWhy!); return; }
                 CreateOrReplace(full, () => Libc.Symlink(linkTarget, full), "symlink"); // created as-is: never followed while extracting
                 ApplyMeta(entry, full, name, recorder, chmod: false);
                 break;
+            }
             case TarEntryType.HardLink:
             {
-                string? target = TarPath.Normalize(entry.LinkName, out string? linkReason);
-                if (target == null) { Skip(name, $"it is a hard link to '{entry.LinkName}' and {linkReason!.Replace("its name", "that name")}"); return; }
-                if (target.Length == 0) { Skip(name, "it is a hard link to the destination directory"); return; }
+                string? target = TarPath.HardLinkTarget(entry, recorder, out string? linkReason);
+                if (target == null) { Skip(name, linkReason!); return; }
+                if (TooLong(target) != null) { Skip(name, $"it is a hard link to '{entry.LinkName}', which does not exist"); return; }
                 string? linkWhy = EnsureDirectory(TarPath.Parent(target), create: false);
                 if (linkWhy != null) { Skip(name, $"it is a hard link to '{entry.LinkName}', and {linkWhy}"); return; }
                 var ts = Libc.LStat(Full(target));
@@ -205,7 +272,20 @@ internal sealed class TarExtractor
     static int DevMajor(TarEntry e) => e is PosixTarEntry p ? p.DeviceMajor : 0;
     static int DevMinor(TarEntry e) => e is PosixTarEntry p ? p.DeviceMinor : 0;
 
-    void Skip(string name, string reason) => _events.Warning($"Skipped tar entry '{name}': {reason}.");
+    void Skip(string name, string reason) => _events.Warning($"Skipped tar entry '{Printable(name)}': {reason}.");
+
+    /// <summary>A name as a warning shows it: NUL and other control characters escaped, at most 200 characters.</summary>
+    internal static string Printable(string name)
+    {
+        var sb = new StringBuilder(Math.Min(name.Length, 200) + 8);
+        foreach (char c in name)
+        {
+            if (sb.Length >= 200) { sb.Append("…"); break; }
+            if (c < 0x20 || c == 0x7F) sb.Append(c == 0 ? "\\0" : $"\\x{(int)c:x2}");
+            else sb.Append(c);
+        }
+        return sb.ToString();
+    }
 
     static void Check(int errno, string call, string path)
     {
@@ -214,28 +294,41 @@ internal sealed class TarExtractor
 
     /// <summary>
     /// Checks (and, when <paramref name="create"/>, makes) every component of <paramref name="rel"/>
-    /// as a real directory. Returns why not, or null when it is safe to use.
+    /// as a real directory, from the deepest one already verified down, in a loop (a name has at
+    /// most 2048 components). Returns why not, or null when it is safe to use.
     /// </summary>
     string? EnsureDirectory(string rel, bool create)
     {
         if (_verifiedDirs.Contains(rel)) return null;
-        string parent = TarPath.Parent(rel);
-        string? why = EnsureDirectory(parent, create);
-        if (why != null) return why;
-        string full = Full(rel);
-        var st = Libc.LStat(full);
-        if (st == null)
+        // Find the deepest verified ancestor (the root always is).
+        int done = rel.Length;
+        while (true)
         {
-            if (!create) return $"'{rel}' does not exist";
-            int e = Libc.Mkdir(full, 0x1ED); // 0755, as tar makes missing parents
-            if (e != 0 && e != Libc.EEXIST) throw Libc.Error("mkdir", full, e);
-            st = Libc.LStat(full);
-            if (st == null) return $"'{rel}' could not be created";
-            MarkWritten(rel);
+            done = done <= 0 ? -1 : rel.LastIndexOf('/', done - 1);
+            if (done < 0) { done = 0; break; }
+            if (_verifiedDirs.Contains(rel[..done])) { done++; break; }
         }
-        if (st.Value.IsSymlink) return $"its parent '{rel}' is a symlink";
-        if (!st.Value.IsDirectory) return $"its parent '{rel}' is not a directory";
-        _verifiedDirs.Add(rel);
+        while (done <= rel.Length)
+        {
+            int slash = rel.IndexOf('/', done);
+            int end = slash < 0 ? rel.Length : slash;
+            string sub = rel[..end];
+            string full = Full(sub);
+            var st = Libc.LStat(full);
+            if (st == null)
+            {
+                if (!create) return $"'{sub}' does not exist";
+                int e = Libc.Mkdir(full, 0x1ED); // 0755, as tar makes missing parents
+                if (e != 0 && e != Libc.EEXIST) throw Libc.Error("mkdir", full, e);
+                st = Libc.LStat(full);
+                if (st == null) return $"'{sub}' could not be created";
+                MarkWritten(sub);
+            }
+            if (st.Value.IsSymlink) return $"its parent '{sub}' is a symlink";
+            if (!st.Value.IsDirectory) return $"its parent '{sub}' is not a directory";
+            _verifiedDirs.Add(sub);
+            done = end + 1;
+        }
         return null;
     }
 
@@ -261,8 +354,11 @@ internal sealed class TarExtractor
         }
     }
 
-    /// <summary>Deletes a tree without following symlinks (each child is lstat'ed).</summary>
-    static void RemoveTree(string full, FileStatus st)
+    /// <summary>
+    /// Deletes a tree without following symlinks (each child is lstat'ed), with an explicit
+    /// stack instead of recursion: a deep tree cannot overflow the thread's stack.
+    /// </summary>
+    internal static void RemoveTree(string full, FileStatus st)
     {
         if (!st.IsDirectory)
         {
@@ -270,13 +366,31 @@ internal sealed class TarExtractor
             if (e != 0 && e != Libc.ENOENT) throw Libc.Error("unlink", full, e);
             return;
         }
-        Libc.Chmod(full, 0x1C0); // a read-only directory must become writable to be emptied
-        foreach (var child in Directory.EnumerateFileSystemEntries(full))
+        var stack = new Stack<(string Path, bool Emptied)>();
+        stack.Push((full, false));
+        while (stack.Count > 0)
         {
-            var cs = Libc.LStat(child);
-            if (cs != null) RemoveTree(child, cs.Value);
+            var (dir, emptied) = stack.Pop();
+            if (emptied)
+            {
+                int e = Libc.Rmdir(dir);
+                if (e != 0 && e != Libc.ENOENT) throw Libc.Error("rmdir", dir, e);
+                continue;
+            }
+            Libc.Chmod(dir, 0x1C0); // a read-only directory must become writable to be emptied
+            stack.Push((dir, true));
+            foreach (var child in Directory.EnumerateFileSystemEntries(dir))
+            {
+                var cs = Libc.LStat(child);
+                if (cs == null) continue;
+                if (cs.Value.IsDirectory) stack.Push((child, false));
+                else
+                {
+                    int e = Libc.Unlink(child);
+                    if (e != 0 && e != Libc.ENOENT) throw Libc.Error("unlink", child, e);
+                }
+            }
         }
-        Directory.Delete(full, recursive: false);
     }
 
     /// <summary>Like tar --unlink-first, but only when needed: create; if something is there, remove it and create again.</summary>
@@ -292,51 +406,97 @@ internal sealed class TarExtractor
     }
 
     /// <summary>
-    /// Writes a regular file through a descriptor opened with O_CREAT|O_EXCL|O_NOFOLLOW, then sets
-    /// owner, mode, xattrs and times on that descriptor (fewer system calls than FileStream + paths).
+    /// Writes a regular file under a temporary name in its directory (O_CREAT|O_EXCL|O_NOFOLLOW),
+    /// sets owner, mode, xattrs and times on the descriptor, and renames it into place only when
+    /// complete: an interrupted extraction never leaves a file that looks whole, and a failure or
+    /// cancellation removes the partial one. Runs of zero blocks are skipped with lseek, so holes
+    /// stay holes (nothing is preallocated).
     /// </summary>
     void WriteFile(TarEntry entry, string full, string name, RecordingStream recorder, CancellationToken ct)
     {
-        int fd = Libc.CreateExclusive(full, 0x180);
-        if (fd == -Libc.EEXIST)
+        string dir = full[..full.LastIndexOf('/')];
+        string temp = "";
+        int fd = -Libc.EEXIST;
+        for (int attempt = 0; attempt < 8 && fd == -Libc.EEXIST; attempt++)
         {
-            ReplaceExisting(full);
-            fd = Libc.CreateExclusive(full, 0x180);
+            temp = dir + "/" + PartialPrefix + Convert.ToHexString(RandomNumberGenerator.GetBytes(6)).ToLowerInvariant();
+            fd = Libc.CreateExclusive(temp, 0x180);
         }
-        if (fd < 0) throw Libc.Error("open", full, -fd);
+        if (fd < 0) throw Libc.Error("open", temp, -fd);
+        bool placed = false;
         try
         {
-            long length = entry.Length;
-            if (length > 0 && entry.DataStream is { } data)
+            try
             {
-                if (length > 1 << 20) Libc.Fallocate(fd, length); // best effort: less fragmentation
-                long copied = 0;
-                int n;
-                while ((n = data.Read(_buffer, 0, _buffer.Length)) > 0)
+                long length = entry.Length;
+                if (length > 0 && entry.DataStream is { } data)
                 {
-                    int e = Libc.WriteAll(fd, _buffer.AsSpan(0, n));
-                    if (e != 0) throw Libc.Error("write", full, e);
-                    copied += n;
-                    if (n == _buffer.Length) ct.ThrowIfCancellationRequested();
+                    long copied = 0;
+                    bool holes = false;
+                    // Never more than what is left of the entry: a zero-length read at its end would reach
+                    // the stream below, and some streams (the export's pipe reader) take 0 for the end.
+                    while (copied < length)
+                    {
+                        int n = StreamUtil.ReadFull(data, _buffer.AsSpan(0, (int)Math.Min(_buffer.Length, length - copied)));
+                        if (n == 0) break;
+                        holes |= WriteSparse(fd, _buffer.AsSpan(0, n), temp);
+                        copied += n;
+                        ct.ThrowIfCancellationRequested();
+                    }
+                    if (copied != length) throw new EndOfStreamException($"'{entry.Name}' ends after {copied} of {length} bytes.");
+                    if (holes) Check(Libc.FTruncate(fd, length), "ftruncate", temp); // a file that ends in a hole gets its size
                 }
-                if (copied != length) throw new EndOfStreamException($"'{entry.Name}' ends after {copied} of {length} bytes.");
+                // chown clears setuid/setgid and capabilities, so: owner, then mode, then xattrs, then times.
+                if (_chown)
+                {
+                    int e = Libc.FChown(fd, (uint)entry.Uid, (uint)entry.Gid);
+                    if (e != 0 && e != Libc.EPERM && e != 22) throw Libc.Error("fchown", temp, e);
+                }
+                Check(Libc.FChmod(fd, (uint)entry.Mode), "fchmod", temp);
+                SetXattrs(entry, temp, name, recorder);
+                var (sec, ns) = UnixTime(entry.ModificationTime);
+                Libc.FSetTimes(fd, sec, ns);
             }
-            // chown clears setuid/setgid and capabilities, so: owner, then mode, then xattrs, then times.
-            if (_chown)
+            finally
             {
-                int e = Libc.FChown(fd, (uint)entry.Uid, (uint)entry.Gid);
-                if (e != 0 && e != Libc.EPERM && e != 22) throw Libc.Error("fchown", full, e);
+                Libc.Close(fd);
             }
-            Check(Libc.FChmod(fd, (uint)entry.Mode), "fchmod", full);
-            SetXattrs(entry, full, name, recorder);
-            var (sec, ns) = UnixTime(entry.ModificationTime);
-            Libc.FSetTimes(fd, sec, ns);
+            // rename replaces a file or symlink at the target atomically (without following it); a directory must go first.
+            int r = Libc.Rename(temp, full);
+            if (r is Libc.EISDIR or Libc.ENOTEMPTY or Libc.EEXIST)
+            {
+                ReplaceExisting(full);
+                r = Libc.Rename(temp, full);
+            }
+            Check(r, "rename", full);
+            placed = true;
         }
         finally
         {
-            Libc.Close(fd);
+            if (!placed) Libc.Unlink(temp);
         }
     }
+
+    /// <summary>Writes a chunk, seeking over whole zero blocks instead of writing them; true when it ends in a hole.</summary>
+    static bool WriteSparse(int fd, ReadOnlySpan<byte> chunk, string path)
+    {
+        bool endsInHole = false;
+        int i = 0;
+        while (i < chunk.Length)
+        {
+            bool zero = IsZeroBlock(chunk, i);
+            int j = i + Math.Min(HoleBlock, chunk.Length - i);
+            while (j < chunk.Length && IsZeroBlock(chunk, j) == zero) j += Math.Min(HoleBlock, chunk.Length - j);
+            int e = zero ? Libc.SkipForward(fd, j - i) : Libc.WriteAll(fd, chunk[i..j]);
+            if (e != 0) throw Libc.Error(zero ? "lseek" : "write", path, e);
+            endsInHole = zero;
+            i = j;
+        }
+        return endsInHole;
+    }
+
+    static bool IsZeroBlock(ReadOnlySpan<byte> chunk, int at) =>
+        chunk.Slice(at, Math.Min(HoleBlock, chunk.Length - at)).IndexOfAnyExcept((byte)0) < 0;
 
     void WarnXattr(string message)
     {
@@ -376,12 +536,14 @@ internal sealed class TarExtractor
     {
         if (!_options.PreserveXattrs || !Xattrs.HasAny(entry)) return;
         var list = Xattrs.Get(entry, recorder, out bool lossy);
-        if (lossy) WarnXattr($"Tar entry '{name}': a binary extended attribute value could not be recovered exactly");
+        if (lossy) WarnXattr($"Tar entry '{Printable(name)}': a binary extended attribute value could not be recovered exactly");
         if (list == null) return;
         foreach (var (xname, value) in list)
         {
+            // The C call would cut the name at a NUL and set another attribute than the one named.
+            if (xname.Length == 0 || xname.Contains('\0')) { WarnXattr($"Tar entry '{Printable(name)}': skipped the extended attribute '{Printable(xname)}': its name is empty or contains a NUL byte"); continue; }
             int e = Libc.LSetXattr(full, xname, value);
-            if (e != 0) WarnXattr($"Tar entry '{name}': could not set extended attribute '{xname}': {Libc.StrError(e)}");
+            if (e != 0) WarnXattr($"Tar entry '{Printable(name)}': could not set extended attribute '{xname}': {Libc.StrError(e)}");
         }
     }
 
@@ -400,41 +562,49 @@ internal sealed class TarExtractor
         while (rel.Length > 0 && _layerPaths.Add(rel)) rel = TarPath.Parent(rel);
     }
 
-    void ApplyWhiteout(string name, string rel, string baseName)
+    /// <summary>
+    /// A whiteout deletes <paramref name="target"/> (a path that passed <see cref="TarPath.Whiteout"/>,
+    /// so never the directory itself nor its parent), an opaque marker clears the lower content
+    /// of the directory <paramref name="target"/>; both only through real directories.
+    /// </summary>
+    void ApplyWhiteout(TarPath.WhiteoutKind kind, string target)
     {
-        string dir = TarPath.Parent(rel);
+        if (TooLong(target) != null) return; // nothing that long can exist below the root
+        string dir = kind == TarPath.WhiteoutKind.Opaque ? target : TarPath.Parent(target);
         if (EnsureDirectory(dir, create: false) != null) return; // nothing below a missing (or unsafe) directory to hide
-        if (baseName == TarPath.OpaqueMarker)
+        if (kind == TarPath.WhiteoutKind.Opaque)
         {
             ClearLowerContent(dir);
             return;
         }
-        string target = TarPath.Join(dir, baseName[TarPath.WhiteoutPrefix.Length..]);
-        if (target == dir || _layerPaths.Contains(target)) return; // same-layer content is not hidden
+        if (_layerPaths.Contains(target)) return; // same-layer content is not hidden
         string full = Full(target);
         var st = Libc.LStat(full);
-        if (st != null)
-        {
-            RemoveExisting(full, st.Value);
-        }
+        if (st != null) RemoveExisting(full, st.Value);
     }
 
-    /// <summary>Opaque directory: removes what lower layers put in it, keeping this layer's entries.</summary>
-    void ClearLowerContent(string dir)
+    /// <summary>Opaque directory: removes what lower layers put in it, keeping this layer's entries (a loop over this layer's directories, not recursion).</summary>
+    void ClearLowerContent(string top)
     {
         bool removedDir = false;
-        foreach (var child in Directory.EnumerateFileSystemEntries(Full(dir)))
+        var pending = new Stack<string>();
+        pending.Push(top);
+        while (pending.Count > 0)
         {
-            string childRel = TarPath.Join(dir, Path.GetFileName(child));
-            var st = Libc.LStat(child);
-            if (st == null) continue;
-            if (_layerPaths.Contains(childRel))
+            string dir = pending.Pop();
+            foreach (var child in Directory.EnumerateFileSystemEntries(Full(dir)))
             {
-                if (st.Value.IsDirectory) ClearLowerContent(childRel);
-                continue;
+                string childRel = TarPath.Join(dir, Path.GetFileName(child));
+                var st = Libc.LStat(child);
+                if (st == null) continue;
+                if (_layerPaths.Contains(childRel))
+                {
+                    if (st.Value.IsDirectory) pending.Push(childRel);
+                    continue;
+                }
+                RemoveTree(child, st.Value);
+                removedDir |= st.Value.IsDirectory;
             }
-            RemoveTree(child, st.Value);
-            removedDir |= st.Value.IsDirectory;
         }
         if (removedDir) { _verifiedDirs.Clear(); _verifiedDirs.Add(""); }
     }
@@ -450,7 +620,7 @@ internal sealed class TarExtractor
         {
             ct.ThrowIfCancellationRequested();
             var d = _dirs[i];
-            if (d.Rel.Length > 0 && EnsureDirectory(TarPath.Parent(d.Rel), create: false) != null) continue;
+            if (EnsureDirectory(TarPath.Parent(d.Rel), create: false) != null) continue;
             string full = Full(d.Rel);
             var st = Libc.LStat(full);
             if (st is not { IsDirectory: true }) continue; // replaced or removed by a later entry

@@ -7,6 +7,13 @@ namespace MelangeRunner;
 /// Runs a host process (bwrap, qemu helpers) with its output streamed line by line to an
 /// <see cref="IEventSink"/> as it comes; cancelling kills the whole process tree at once.
 /// </summary>
+/// <remarks>
+/// Security/behaviour rule: a process that runs user steps (<see cref="RunAsync"/>,
+/// <see cref="RunInteractiveAsync"/>: bwrap for Start-/Invoke-/Enter-MelangePod, the OpenSSH
+/// client of Enter-MelangePod) starts with default signal dispositions and an empty signal
+/// mask, as melange's steps do. .NET ignores SIGPIPE and keeps SIG_IGN across fork and exec,
+/// so without this `yes | head -c 1` never ends in a step. See <see cref="SignalReset"/>.
+/// </remarks>
 public static class PodProcess
 {
     /// <summary>Runs the process to its end and returns its exit status.</summary>
@@ -23,8 +30,8 @@ public static class PodProcess
             StandardOutputEncoding = Encoding.UTF8,
             StandardErrorEncoding = Encoding.UTF8,
         };
-        foreach (var a in arguments) start.ArgumentList.Add(a);
-        events.Verbose("Running: " + ShellQuote.Join(new[] { fileName }.Concat(arguments)));
+        SignalReset.Apply(start, fileName, arguments, events);
+        events.Verbose("Running: " + ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList)));
 
         using var process = StartOrExplain(start);
         // No input: a command that reads stdin sees end of file instead of hanging.
@@ -49,8 +56,8 @@ public static class PodProcess
     public static async Task<int> RunInteractiveAsync(string fileName, IReadOnlyList<string> arguments, IEventSink events, CancellationToken cancellationToken)
     {
         var start = new ProcessStartInfo(fileName) { UseShellExecute = false };
-        foreach (var a in arguments) start.ArgumentList.Add(a);
-        events.Verbose("Running: " + ShellQuote.Join(new[] { fileName }.Concat(arguments)));
+        SignalReset.Apply(start, fileName, arguments, events);
+        events.Verbose("Running: " + ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList)));
         using var process = StartOrExplain(start);
         try
         {
@@ -95,6 +102,11 @@ public static class PodProcess
         return null;
     }
 
+    internal static MelangeException ProgramNotFound(string fileName, Exception? inner) =>
+        new(ErrorKind.NotInstalled, "ProgramNotFound",
+            $"Could not start '{fileName}': {inner?.Message ?? "it was not found on PATH"}.",
+            $"Install the program that provides '{fileName}' and make sure it is on PATH.", fileName, inner);
+
     private static Process StartOrExplain(ProcessStartInfo start)
     {
         try
@@ -103,9 +115,7 @@ public static class PodProcess
         }
         catch (System.ComponentModel.Win32Exception e)
         {
-            throw new MelangeException(ErrorKind.NotInstalled, "ProgramNotFound",
-                $"Could not start '{start.FileName}': {e.Message}.",
-                $"Install the program that provides '{start.FileName}' and make sure it is on PATH.", start.FileName, e);
+            throw ProgramNotFound(start.FileName, e);
         }
     }
 
@@ -119,5 +129,69 @@ public static class PodProcess
         try { process.Kill(entireProcessTree: true); }
         catch (InvalidOperationException) { /* already exited */ }
         process.WaitForExit();
+    }
+}
+
+/// <summary>
+/// Starts user-step processes with default signal dispositions and an empty signal mask, by
+/// running them through coreutils' <c>env --default-signal</c> (8.31 and later), which resets
+/// every signal to SIG_DFL and unblocks it, then execs the program (same process id, so
+/// waiting, exit status and killing the tree are unchanged).
+/// </summary>
+/// <remarks>
+/// Chosen over posix_spawn with POSIX_SPAWN_SETSIGDEF|POSIX_SPAWN_SETSIGMASK, which would mean
+/// replacing System.Diagnostics.Process (pipes, asynchronous reading, waiting alongside .NET's
+/// own SIGCHLD reaping, killing the tree) for one attribute; and over changing this process's
+/// own SIGPIPE disposition around the start, which .NET relies on and other threads share.
+/// The launcher is part of the launch, not of the plan: Get-MelangePodPlan shows melange's bwrap
+/// vector, and the verbose "Running:" line shows the command actually run, launcher included.
+/// On a host whose env lacks --default-signal (coreutils before 8.31, busybox), the program is
+/// started directly with a warning (once per process): its steps inherit SIGPIPE ignored.
+/// </remarks>
+internal static class SignalReset
+{
+    internal const string Option = "--default-signal";
+    private static readonly Lazy<string?> s_launcher = new(FindLauncher);
+    private static int s_warned;
+
+    /// <summary>The env program that supports --default-signal here, or null.</summary>
+    internal static string? Launcher => s_launcher.Value;
+
+    private static string? FindLauncher()
+    {
+        var candidates = new[] { PodProcess.FindOnPath("env"), "/usr/bin/env", "/bin/env" };
+        foreach (var env in candidates.Distinct())
+        {
+            if (env is null || !File.Exists(env)) continue;
+            try
+            {
+                if (PodProcess.Capture(env, Option, "true").ExitCode == 0) return env;
+            }
+            catch (MelangeException) { /* not startable: try the next */ }
+        }
+        return null;
+    }
+
+    /// <summary>Sets <paramref name="start"/> to run <paramref name="fileName"/> with <paramref name="arguments"/> through the launcher, when there is one.</summary>
+    internal static void Apply(ProcessStartInfo start, string fileName, IReadOnlyList<string> arguments, IEventSink events)
+    {
+        var launcher = Launcher;
+        // env takes a leading NAME=VALUE word as an assignment, not as the program.
+        if (launcher is null || fileName.Contains('='))
+        {
+            if (launcher is null && Interlocked.Exchange(ref s_warned, 1) == 0)
+                events.Warning($"This host's env does not support {Option} (coreutils 8.31 or later): commands in pods start with " +
+                               "the signal dispositions .NET gives its children (SIGPIPE ignored), so a pipeline such as " +
+                               "'yes | head -n 1' may not end. Install coreutils 8.31 or later.");
+            start.FileName = fileName;
+            foreach (var a in arguments) start.ArgumentList.Add(a);
+            return;
+        }
+        // env would report a missing program as exit status 127; keep the clear error instead.
+        if (PodProcess.FindOnPath(fileName) is null) throw PodProcess.ProgramNotFound(fileName, null);
+        start.FileName = launcher;
+        start.ArgumentList.Add(Option);
+        start.ArgumentList.Add(fileName);
+        foreach (var a in arguments) start.ArgumentList.Add(a);
     }
 }

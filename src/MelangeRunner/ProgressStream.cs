@@ -26,14 +26,22 @@ public sealed class ProgressStream : Stream
     public override void SetLength(long value) => throw new NotSupportedException();
     public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
-    public override int Read(byte[] buffer, int offset, int count) => Count(_inner.Read(buffer, offset, count));
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
 
-    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default) =>
-        Count(await _inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false));
+    // A zero-length read (tar readers make one at the end of every entry) says nothing about the
+    // end of the data: it is passed on, but neither counted nor reported as the end.
+    public override int Read(Span<byte> buffer) => buffer.IsEmpty ? _inner.Read(buffer) : Count(_inner.Read(buffer));
+
+    public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        var n = await _inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
+        return buffer.IsEmpty ? n : Count(n);
+    }
 
     public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
         ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
 
+    /// <summary>Counts a read of a non-empty buffer: 0 here is the end of the data, reported at once.</summary>
     private int Count(int n)
     {
         _done += n;

@@ -1,4 +1,3 @@
-using System.IO.Pipes;
 using System.Text.RegularExpressions;
 using MelangeRunner.Tar;
 
@@ -62,17 +61,27 @@ public static partial class Workspace
         if (!Directory.Exists(Path.Combine(workspaceDir, OutputDir)))
             events.Warning($"The workspace {workspaceDir} has no {OutputDir} directory: the build wrote no output.");
 
-        var server = new AnonymousPipeServerStream(PipeDirection.Out);
-        var client = new AnonymousPipeClientStream(PipeDirection.In, server.ClientSafePipeHandle);
+        // An in-process pipe, not an OS pipe: every wait on either side is cancellable, and a
+        // zero-length read is never taken for the end of the stream (see BytePipe).
+        var pipe = new BytePipe(PipeCapacity);
         var producer = Task.Run(async () =>
         {
-            await using (server)
+            try
             {
-                await DirectoryTarWriter.WriteAsync(server, workspaceDir, paths, events, cancellationToken).ConfigureAwait(false);
+                await DirectoryTarWriter.WriteAsync(pipe.Writer(cancellationToken), workspaceDir, paths, events, cancellationToken).ConfigureAwait(false);
+                pipe.CompleteWriting(null);
             }
-        }, cancellationToken);
-        return new ProducerStream(client, producer);
+            catch (Exception e)
+            {
+                pipe.CompleteWriting(e); // the reader sees it at the end of the data
+                throw;
+            }
+        }, CancellationToken.None); // not the token: the task must run to complete the pipe whatever happens
+        return new ProducerStream(pipe, producer, cancellationToken);
     }
+
+    /// <summary>How many bytes of tar may be written ahead of the reader.</summary>
+    internal const int PipeCapacity = 1 << 20;
 
     /// <summary>Streams the pod's workspace tar into a tar file (written whole or not at all).</summary>
     public static async Task<FileInfo> ExportToTarAsync(Pod pod, string tarPath, IEnumerable<string>? extraFiles, IEventSink events, CancellationToken cancellationToken)
@@ -129,35 +138,58 @@ public static partial class Workspace
         Directory.Delete(path, recursive: true);
     }
 
-    /// <summary>The read side of a pipe whose writer is a task: the writer's failure surfaces at the end of the stream.</summary>
-    private sealed class ProducerStream : Stream
+    /// <summary>
+    /// The read side of a <see cref="BytePipe"/> whose writer is a task: the writer's failure
+    /// surfaces at the end of the data, and disposing it stops the writer and waits for it.
+    /// </summary>
+    internal sealed class ProducerStream : Stream
     {
-        private readonly Stream _inner;
+        private readonly BytePipe _pipe;
         private readonly Task _producer;
+        private readonly CancellationToken _cancellationToken;
+        private long _position;
+        private int _disposed;
 
-        public ProducerStream(Stream inner, Task producer) { _inner = inner; _producer = producer; }
+        public ProducerStream(BytePipe pipe, Task producer, CancellationToken cancellationToken)
+        {
+            _pipe = pipe; _producer = producer; _cancellationToken = cancellationToken;
+        }
+
+        /// <summary>The writer task, for tests that prove none is left behind.</summary>
+        internal Task Producer => _producer;
 
         public override bool CanRead => true;
         public override bool CanSeek => false;
         public override bool CanWrite => false;
         public override long Length => throw new NotSupportedException();
-        public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+        public override long Position { get => _position; set => throw new NotSupportedException(); }
         public override void Flush() { }
         public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
         public override void SetLength(long value) => throw new NotSupportedException();
         public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
 
-        public override int Read(byte[] buffer, int offset, int count)
+        public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+        public override int Read(Span<byte> buffer)
         {
-            var n = _inner.Read(buffer, offset, count);
-            if (n == 0) _producer.GetAwaiter().GetResult();
+            ObjectDisposedException.ThrowIf(_disposed != 0, this);
+            var n = _pipe.Read(buffer, _cancellationToken);
+            _position += n;
             return n;
+        }
+
+        public override int ReadByte()
+        {
+            Span<byte> one = stackalloc byte[1];
+            return Read(one) == 1 ? one[0] : -1;
         }
 
         public override async ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
         {
-            var n = await _inner.ReadAsync(buffer, cancellationToken).ConfigureAwait(false);
-            if (n == 0) await _producer.ConfigureAwait(false);
+            ObjectDisposedException.ThrowIf(_disposed != 0, this);
+            using var linked = CancellationTokenSource.CreateLinkedTokenSource(_cancellationToken, cancellationToken);
+            var n = await _pipe.ReadAsync(buffer, linked.Token).ConfigureAwait(false);
+            _position += n;
             return n;
         }
 
@@ -166,13 +198,24 @@ public static partial class Workspace
 
         protected override void Dispose(bool disposing)
         {
-            if (disposing)
+            if (disposing && Interlocked.Exchange(ref _disposed, 1) == 0)
             {
-                _inner.Dispose();
-                // The writer sees a broken pipe and ends; wait so no task outlives the export.
+                // The writer's next (or current, blocked) write fails at once; wait for it so that no
+                // task outlives the export. It also stops at the cancellation token between chunks.
+                _pipe.CloseReading();
                 try { _producer.Wait(); } catch (AggregateException) { }
             }
             base.Dispose(disposing);
+        }
+
+        public override async ValueTask DisposeAsync()
+        {
+            if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            {
+                _pipe.CloseReading();
+                try { await _producer.ConfigureAwait(false); } catch (Exception) { /* reported by Read, or the reader left early */ }
+            }
+            GC.SuppressFinalize(this);
         }
     }
 }

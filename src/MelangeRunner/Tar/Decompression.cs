@@ -21,15 +21,32 @@ public static class Decompression
         int n = StreamUtil.ReadFull(raw, head);
         var prefixed = new PrefixedStream(head, n, raw);
         compression = Detect(head.AsSpan(0, n));
-        switch (compression)
+        if (compression == "none") return prefixed;
+        // Decoders run on their own thread (ReadAheadStream) so that decompressing and writing
+        // overlap. Each one reads through a SourceGuard and is read through a DecoderGuard: what
+        // the decoder throws in its own types (SharpCompress's DataErrorException and
+        // ArchiveOperationException, zlib's and zstd's errors, InvalidDataException) is the
+        // data's fault and becomes CorruptImage; what the source throws (I/O, cancellation, a
+        // digest or truncation check) passes through unchanged.
+        var source = new SourceGuard(prefixed);
+        Stream? decoder;
+        try
         {
-            case "none": return prefixed;
-            // Decoders run on their own thread (ReadAheadStream) so that decompressing and writing overlap.
-            case "gzip": return new ReadAheadStream(new GZipStream(prefixed, CompressionMode.Decompress)); // reads concatenated members too
-            case "zstd": return new ReadAheadStream(ZstdNativeStream.IsAvailable ? new ZstdNativeStream(prefixed) : new SharpCompress.Compressors.ZStandard.DecompressionStream(prefixed, 1 << 20, true, false));
-            case "xz": return new ReadAheadStream(new XZStream(prefixed));
-            case "bzip2": return new ReadAheadStream(BZip2Stream.Create(prefixed, SharpCompress.Compressors.CompressionMode.Decompress, true, false, false));
+            decoder = compression switch
+            {
+                "gzip" => GzipNativeStream.IsAvailable ? new GzipNativeStream(source) : new GZipStream(source, CompressionMode.Decompress), // concatenated members too
+                "zstd" => ZstdNativeStream.IsAvailable ? new ZstdNativeStream(source) : new SharpCompress.Compressors.ZStandard.DecompressionStream(source, 1 << 20, true, false),
+                "xz" => new XZStream(source), // reads the stream header at once
+                "bzip2" => BZip2Stream.Create(source, SharpCompress.Compressors.CompressionMode.Decompress, true, false, false),
+                _ => null,
+            };
         }
+        catch (Exception e) when (DecoderGuard.IsDataError(e))
+        {
+            source.Dispose();
+            throw DecoderGuard.Corrupt(e, source, compression);
+        }
+        if (decoder != null) return new ReadAheadStream(new DecoderGuard(decoder, source, compression));
         prefixed.Dispose();
         throw new MelangeException(ErrorKind.InvalidData, "UnknownImageFormat",
             n == 0 ? "The image file is empty." : $"The data is not {AcceptedFormats}.",
@@ -65,3 +82,68 @@ public static class Decompression
         return any && stored == sum && h[0] != 0;
     }
 }
+
+/// <summary>Between a decoder and its source: remembers the source's own failure, so that it is not taken for corrupt data.</summary>
+internal sealed class SourceGuard : ReadOnlyWrapper
+{
+    readonly Stream _inner;
+    public SourceGuard(Stream inner) => _inner = inner;
+
+    /// <summary>What the source threw, if it did.</summary>
+    public System.Runtime.ExceptionServices.ExceptionDispatchInfo? Failure { get; private set; }
+
+    /// <summary>Compressed bytes handed to the decoder so far.</summary>
+    public long BytesRead { get; private set; }
+
+    protected override int ReadCore(Span<byte> buffer)
+    {
+        try
+        {
+            int n = _inner.Read(buffer);
+            BytesRead += n;
+            return n;
+        }
+        catch (Exception e)
+        {
+            Failure ??= System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e);
+            throw;
+        }
+    }
+
+    protected override void Dispose(bool disposing) { if (disposing) _inner.Dispose(); base.Dispose(disposing); }
+}
+
+/// <summary>
+/// Reads a decoder and turns whatever it throws about the data, in whatever exception type its
+/// library uses, into one error: CorruptImage (InvalidData). A failure of the source is rethrown
+/// as the source threw it, even when the decoder wrapped it in one of its own.
+/// </summary>
+internal sealed class DecoderGuard : ReadOnlyWrapper
+{
+    readonly Stream _decoder;
+    readonly SourceGuard _source;
+    readonly string _compression;
+
+    public DecoderGuard(Stream decoder, SourceGuard source, string compression) { _decoder = decoder; _source = source; _compression = compression; }
+
+    protected override int ReadCore(Span<byte> buffer)
+    {
+        try { return _decoder.Read(buffer); }
+        catch (Exception e) when (IsDataError(e)) { throw Corrupt(e, _source, _compression); }
+    }
+
+    /// <summary>Whether an exception out of a decoder may be about the data (not cancellation, memory, a disposed stream or one of ours).</summary>
+    internal static bool IsDataError(Exception e) => e is not (OperationCanceledException or OutOfMemoryException or ObjectDisposedException or MelangeException);
+
+    /// <summary>The error for a decoder's failure; the source's own failure instead, rethrown, when there was one.</summary>
+    internal static MelangeException Corrupt(Exception e, SourceGuard source, string compression)
+    {
+        source.Failure?.Throw();
+        return new MelangeException(ErrorKind.InvalidData, "CorruptImage",
+            $"The {compression} data is corrupt or truncated (after {source.BytesRead} compressed bytes): {e.Message}",
+            "Check that the image file is complete (re-download or re-create it).", null, e);
+    }
+
+    protected override void Dispose(bool disposing) { if (disposing) _decoder.Dispose(); base.Dispose(disposing); }
+}
+

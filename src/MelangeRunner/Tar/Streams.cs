@@ -2,7 +2,11 @@ using System.Buffers;
 
 namespace MelangeRunner.Tar;
 
-/// <summary>A read-only forwarding stream: the base for the wrappers below.</summary>
+/// <summary>
+/// A read-only forwarding stream: the base for the wrappers below. Rule for every wrapper: a
+/// read of an empty buffer returns 0 and is not the end of the stream (System.Formats.Tar makes
+/// one at the end of each entry); only 0 for a non-empty buffer is the end.
+/// </summary>
 internal abstract class ReadOnlyWrapper : Stream
 {
     public override bool CanRead => true;
@@ -49,7 +53,8 @@ internal sealed class CountingStream : ReadOnlyWrapper
         if (_onProgress != null)
         {
             long now = Environment.TickCount64;
-            if (now - _lastReportTicks >= 100 || n == 0) { _lastReportTicks = now; _onProgress(BytesRead); }
+            // n == 0 is the end only for a non-empty request: a zero-length read says nothing.
+            if (now - _lastReportTicks >= 100 || (n == 0 && !buffer.IsEmpty)) { _lastReportTicks = now; _onProgress(BytesRead); }
         }
         return n;
     }

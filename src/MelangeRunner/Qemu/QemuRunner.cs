@@ -174,7 +174,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         Step("Preparing the initramfs", 1);
         var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct).ConfigureAwait(false);
         state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
-            hostKey.AuthorizedKeysLine, env.KernelModules, events, ct).ConfigureAwait(false);
+            hostKey.AuthorizedKeysLine, env.KernelModules, env.BaseInitramfs is null ? kernel.ModulesDir : null, events, ct).ConfigureAwait(false);
         state.Watch(state.InitramfsPath, Reaper.WatchPath(state.InitramfsPath, secret: true));
 
         (state.DiskPath, var scratchFormatted) = ScratchDisk.Create(DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : DefaultDiskSize, events);

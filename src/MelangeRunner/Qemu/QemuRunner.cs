@@ -192,6 +192,8 @@ public sealed class QemuRunner : IRunner, IDebugger
         pod.SshControlAddress = $"{Loopback}:{launch.ControlPort}";
         events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)}" +
             (launch.Arch == launch.HostArch ? $" (KVM: {HostResources.Kvm(program, MachineForProbe(Architecture.Host)).Reason})" : ""));
+        // Refused here rather than booted into an empty console: the guest unpacks its initramfs into a tmpfs of half its RAM.
+        var initramfsBytes = InitramfsBuilder.CheckFitsInMemory(state.InitramfsPath, launch.MemoryKiB);
 
         Step("Booting the VM", 2);
         state.Qemu = StartQemu(program, QemuCommand.Build(launch), state, events);
@@ -280,7 +282,7 @@ public sealed class QemuRunner : IRunner, IDebugger
                   $"Check QEMU_BASE_INITRAMFS (build it with New-MelangeInitramfs for this kernel) and that QEMU_KERNEL_MODULES matches the kernel {kernelVersionHint}."
                 : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
             return new MelangeException(e.Kind, e.ErrorId,
-                $"{e.Message} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}", fix, pod.Id, e);
+                $"{e.Message} {InitramfsBuilder.DescribeFit(initramfsBytes, launch.MemoryKiB)} The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}", fix, pod.Id, e);
         }
 
         async Task WaitUntilGuestReadyAsync()

@@ -190,4 +190,27 @@ public sealed class PackagedModulesTests
         var missing = Assert.Throws<MelangeException>(Stamp); // fails before anything is built
         Assert.Contains("jbd2", missing.Message);
     }
+
+    [Fact]
+    public void AnInitramfsTooLargeForTheGuestIsRefused_NamingBothSizes()
+    {
+        using var t = new InitramfsTemp();
+        var path = t.PathOf("big.cpio");
+        using (var f = File.Create(path))
+        {
+            f.Write("070701"u8);
+            f.SetLength(402L << 20); // sparse: the size of the whole package's tree appended
+        }
+        // Measured: this size boots in 1536 MiB and runs out of its RAM file system in 1280 MiB.
+        Assert.Equal(402L << 20, InitramfsBuilder.CheckFitsInMemory(path, 1536 * 1024));
+        var e = Assert.Throws<MelangeException>(() => InitramfsBuilder.CheckFitsInMemory(path, 1280 * 1024));
+        _out.WriteLine(e.Message + "\n" + e.Fix);
+        Assert.Equal("InitramfsTooLarge", e.ErrorId);
+        Assert.Equal(ErrorKind.ResourceUnavailable, e.Kind);
+        Assert.Contains("402 MiB", e.Message);
+        Assert.Contains("1280 MiB", e.Message);
+        Assert.Contains("-Memory", e.Fix);
+        Assert.Equal(path, e.Target);
+        Assert.Contains("402 MiB for 1280 MiB", InitramfsBuilder.DescribeFit(402L << 20, 1280 * 1024));
+    }
 }

@@ -231,7 +231,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         Step("Preparing the initramfs", 1);
         var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct).ConfigureAwait(false);
         state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
-            hostKey.AuthorizedKeysLine, env.KernelModules, events, ct).ConfigureAwait(false);
+            hostKey.AuthorizedKeysLine, env.KernelModules, env.BaseInitramfs is null ? kernel.ModulesDir : null, events, ct).ConfigureAwait(false);
         state.Watch(state.InitramfsPath, Reaper.WatchPath(state.InitramfsPath, secret: true));
 
         (state.DiskPath, var scratchFormatted) = ScratchDisk.Create(DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : DefaultDiskSize, events);
@@ -248,6 +248,8 @@ public sealed class QemuRunner : IRunner, IDebugger
         pod.SshAddress = $"{Loopback}:{launch.SshPort}";
         pod.SshControlAddress = $"{Loopback}:{launch.ControlPort}";
         events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)} ({accel.Reason})");
+        // Refused here rather than booted into an empty console: the guest unpacks its initramfs into a tmpfs of half its RAM.
+        var initramfsBytes = InitramfsBuilder.CheckFitsInMemory(state.InitramfsPath, launch.MemoryKiB);
 
         Step("Booting the VM", 2);
         state.Qemu = StartQemu(program, QemuCommand.Build(launch), state, events);
@@ -365,7 +367,8 @@ public sealed class QemuRunner : IRunner, IDebugger
                 : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
             var qemu = state.Qemu.HasExited ? $"qemu exited with status {state.Qemu.ExitCode}" : "qemu was running";
             return new MelangeException(e.Kind, e.ErrorId,
-                $"{e.Message} ({qemu}, accelerator {(launch.KvmUsable ? "kvm" : "tcg")}: {accel.Reason}.) The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
+                $"{e.Message} ({qemu}, accelerator {(launch.KvmUsable ? "kvm" : "tcg")}: {accel.Reason}.) {InitramfsBuilder.DescribeFit(initramfsBytes, launch.MemoryKiB)} " +
+                $"The last lines of the guest console:{Environment.NewLine}{state.ConsoleTail()}",
                 fix, pod.Id, e);
         }
 

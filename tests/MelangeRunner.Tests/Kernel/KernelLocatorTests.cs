@@ -18,7 +18,7 @@ public sealed class KernelLocatorTests : IDisposable
 
     public KernelLocatorTests()
     {
-        _env.Set("XDG_CACHE_HOME", _tmp.Combine("cache")).Set("QEMU_KERNEL_IMAGE", null);
+        _env.Set("XDG_CACHE_HOME", _tmp.Combine("cache")).Set("QEMU_KERNEL_IMAGE", null).Set("QEMU_KERNEL_MODULES", null);
         KernelLocator.BootKernelPath = _tmp.Combine("boot", "vmlinuz");
         KernelLocator.HostModuleRoots = new[] { _tmp.Combine("lib", "modules") };
     }
@@ -86,6 +86,47 @@ public sealed class KernelLocatorTests : IDisposable
         Assert.EndsWith(".elf", k.BootPath);
         Assert.Equal(elf, File.ReadAllBytes(k.BootPath));
         Assert.Equal(Path.Combine(tree, "lib", "modules", "6.1.0-99-test"), k.ModulesDir);
+    }
+
+    [Fact]
+    public void AnUnpackedPackage_WithoutModulesDep_IsNotWrittenTo()
+    {
+        // dpkg -x of linux-image-V: boot/vmlinuz-V and lib/modules/V with no modules.dep (postinst would run depmod).
+        string tree = _tmp.Combine("pkg");
+        string modules = FakeModuleTree.Write(Path.Combine(tree, "lib", "modules", "6.1.0-99-test"));
+        Directory.CreateDirectory(Path.Combine(tree, "boot"));
+        string image = Path.Combine(tree, "boot", "vmlinuz-6.1.0-99-test");
+        File.WriteAllBytes(image, BzImage(out _));
+        _env.Set("QEMU_KERNEL_IMAGE", image);
+
+        var k = KernelLocator.Locate("x86_64", new RecordingSink());
+
+        Assert.Equal(modules, k.ModulesDir);
+        Assert.False(File.Exists(Path.Combine(modules, "modules.dep")));
+    }
+
+    [Fact]
+    public void KernelModulesVariable_IsTheModulesTree_AndAVersionMismatchIsWarned()
+    {
+        string modules = _tmp.Combine("elsewhere", "lib", "modules", "6.1.0-99-test");
+        Directory.CreateDirectory(modules);
+        Directory.CreateDirectory(_tmp.Combine("lib", "modules", "6.1.0-99-test")); // the host's: not used, the variable wins
+        KernelTestData.CacheEntry(CacheRoot, "x86_64", "6.1.0-99-test", BzImage(out _));
+        _env.Set("QEMU_KERNEL_MODULES", modules + "/");
+
+        var k = KernelLocator.Locate("x86_64", new RecordingSink());
+        Assert.Equal(modules, k.ModulesDir);
+
+        string other = _tmp.Combine("other", "6.2.0-1-test");
+        Directory.CreateDirectory(other);
+        _env.Set("QEMU_KERNEL_MODULES", other);
+        var sink = new RecordingSink();
+        Assert.Equal(other, KernelLocator.Locate("x86_64", sink).ModulesDir);
+        Assert.Contains(sink.Messages, m => m.StartsWith("WARNING: ", StringComparison.Ordinal) && m.Contains("6.1.0-99-test") && m.Contains(other));
+
+        // Not a directory: not the modules tree (the initramfs reports it).
+        _env.Set("QEMU_KERNEL_MODULES", _tmp.Combine("no-such-dir"));
+        Assert.NotEqual(_tmp.Combine("no-such-dir"), KernelLocator.Locate("x86_64", new RecordingSink()).ModulesDir);
     }
 
     [Fact]

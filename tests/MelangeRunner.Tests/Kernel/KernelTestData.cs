@@ -233,3 +233,86 @@ internal static class FakeModule
         return b;
     }
 }
+
+/// <summary>
+/// A lib/modules/&lt;version&gt; tree as Debian's package unpacks it (no modules.dep), with the
+/// guest's modules and their real dependencies (Debian 6.1), some compressed as newer distributions
+/// ship them, and modules the guest does not need, one of them corrupt, so that reading it fails.
+/// </summary>
+internal static class FakeModuleTree
+{
+    /// <summary>Relative path → direct dependencies, as .modinfo's depends= has them.</summary>
+    public static readonly (string Path, string[] Depends)[] Modules =
+    {
+        ("kernel/drivers/virtio/virtio_ring.ko", new string[0]),
+        ("kernel/drivers/virtio/virtio.ko", new[] { "virtio_ring" }),
+        ("kernel/drivers/virtio/virtio_pci_modern_dev.ko", new string[0]),
+        ("kernel/drivers/virtio/virtio_pci_legacy_dev.ko", new string[0]),
+        ("kernel/drivers/virtio/virtio_pci.ko", new[] { "virtio_pci_modern_dev", "virtio", "virtio_ring", "virtio_pci_legacy_dev" }),
+        ("kernel/drivers/char/virtio_console.ko", new[] { "virtio", "virtio_ring" }),
+        ("kernel/drivers/char/hw_random/virtio-rng.ko", new[] { "virtio_ring", "virtio" }),
+        ("kernel/lib/crc16.ko.gz", new string[0]),
+        ("kernel/fs/mbcache.ko", new string[0]),
+        ("kernel/fs/jbd2/jbd2.ko.xz", new string[0]),
+        ("kernel/crypto/crc32c_generic.ko", new string[0]),
+        ("kernel/fs/ext4/ext4.ko.xz", new[] { "mbcache", "jbd2", "crc16" }),
+        ("kernel/drivers/block/virtio_blk.ko", new[] { "virtio", "virtio_ring" }),
+        ("kernel/net/core/failover.ko", new string[0]),
+        ("kernel/drivers/net/net_failover.ko", new[] { "failover" }),
+        ("kernel/drivers/net/virtio_net.ko", new[] { "net_failover", "virtio", "virtio_ring" }),
+        ("kernel/fs/netfs/netfs.ko.zst", new string[0]),
+        ("kernel/fs/fscache/fscache.ko", new[] { "netfs" }),
+        ("kernel/net/9p/9pnet.ko", new string[0]),
+        ("kernel/net/9p/9pnet_virtio.ko", new[] { "9pnet", "virtio", "virtio_ring" }),
+        ("kernel/fs/9p/9p.ko.zst", new[] { "netfs", "9pnet", "fscache" }),
+        ("kernel/fs/overlayfs/overlay.ko", new string[0]),
+        ("kernel/fs/fuse/fuse.ko", new string[0]),
+        ("kernel/fs/fuse/virtiofs.ko", new[] { "fuse", "virtio_ring", "virtio" }),
+        // Not the guest's.
+        ("kernel/sound/core/snd.ko", new[] { "soundcore" }),
+        ("kernel/sound/soundcore.ko", new string[0]),
+        ("kernel/drivers/net/ethernet/intel/e1000e/e1000e.ko", new string[0]),
+    };
+
+    /// <summary>A module that is never read: garbage behind an .xz name (decompressing it throws).</summary>
+    public const string Corrupt = "kernel/drivers/gpu/drm/i915/i915.ko.xz";
+
+    /// <summary>Writes the tree at <paramref name="root"/> (its last part is the version) and returns it.</summary>
+    public static string Write(string root, string? without = null, bool corrupt = true)
+    {
+        foreach (var (rel, deps) in Modules)
+        {
+            if (without != null && Path.GetFileName(rel).StartsWith(without + ".ko", StringComparison.Ordinal)) continue;
+            var name = Path.GetFileName(rel);
+            name = name[..name.IndexOf(".ko", StringComparison.Ordinal)].Replace('-', '_');
+            var body = FakeModule.Build(name, deps);
+            var path = Path.Combine(root, rel);
+            Directory.CreateDirectory(Path.GetDirectoryName(path)!);
+            File.WriteAllBytes(path, rel.EndsWith(".gz", StringComparison.Ordinal) ? KernelTestData.Gzip(body)
+                : rel.EndsWith(".xz", StringComparison.Ordinal) ? Compress(body, "xz", "--check=crc32", "--lzma2=dict=1MiB", "-c")
+                : rel.EndsWith(".zst", StringComparison.Ordinal) ? Compress(body, "zstd", "-q", "-c")
+                : body);
+        }
+        if (!corrupt) return root;
+        var bad = Path.Combine(root, Corrupt);
+        Directory.CreateDirectory(Path.GetDirectoryName(bad)!);
+        File.WriteAllBytes(bad, Encoding.ASCII.GetBytes("not an xz stream at all"));
+        return root;
+    }
+
+    /// <summary>Compresses with the system's tool, as a distribution's kernel build does.</summary>
+    static byte[] Compress(byte[] data, string tool, params string[] args)
+    {
+        var psi = new ProcessStartInfo(tool) { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
+        foreach (var a in args) psi.ArgumentList.Add(a);
+        using var p = Process.Start(psi)!;
+        var output = new MemoryStream();
+        var copy = p.StandardOutput.BaseStream.CopyToAsync(output);
+        p.StandardInput.BaseStream.Write(data);
+        p.StandardInput.Close();
+        copy.Wait();
+        p.WaitForExit();
+        if (p.ExitCode != 0) throw new InvalidOperationException($"{tool} failed: {p.ExitCode}");
+        return output.ToArray();
+    }
+}

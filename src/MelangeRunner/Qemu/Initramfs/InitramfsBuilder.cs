@@ -59,7 +59,67 @@ public static partial class InitramfsBuilder
     /// modules) appended as a second cpio archive; mode 0400. Nothing is left behind on failure.
     /// </summary>
     public static Task<string> InjectRuntimeDataAsync(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, IEventSink events, CancellationToken ct) =>
-        Task.Run(() => InjectRuntimeData(baseInitramfs, hostPrivateKey, hostPublicKeyLine, extraModulesDir, events, ct), ct);
+        InjectRuntimeDataAsync(baseInitramfs, hostPrivateKey, hostPublicKeyLine, extraModulesDir, null, events, ct);
+
+    /// <summary>
+    /// As above; <paramref name="baseModulesDir"/> is the modules tree the base was built with
+    /// (null for a base of the user's): QEMU_KERNEL_MODULES naming that same tree adds nothing,
+    /// since the base already holds its modules and their load list.
+    /// </summary>
+    public static Task<string> InjectRuntimeDataAsync(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, string? baseModulesDir, IEventSink events, CancellationToken ct) =>
+        Task.Run(() => InjectRuntimeData(baseInitramfs, hostPrivateKey, hostPublicKeyLine, extraModulesDir, baseModulesDir, events, ct), ct);
+
+    /// <summary>
+    /// The smallest guest memory, in bytes, that holds an initramfs of <paramref name="fileBytes"/>
+    /// (<paramref name="unpackedBytes"/> once unpacked). Without root= the kernel unpacks the archive
+    /// into a tmpfs sized half the memory it manages when it mounts it, and that excludes the archive
+    /// itself, still held until unpacked; the kernel keeps ~44 MiB plus 2% of the memory (its image,
+    /// its page tables: 50 MiB of 256 MiB, 73 MiB of 1.5 GiB measured). The files take whole pages,
+    /// and the init writes a few files of its own: 2% and 4 MiB more. Measured under TCG with
+    /// Debian's 6.1 kernel: a 22.1 MiB initramfs boots in 128 MiB, not in 112 MiB; a 402 MiB one
+    /// boots in 1536 MiB, and in 1280 MiB its init fails with "No space left on device".
+    /// </summary>
+    internal static long MinimumGuestMemory(long fileBytes, long unpackedBytes)
+    {
+        long files = unpackedBytes + unpackedBytes / 50 + (4L << 20);
+        // memory - (44 MiB + memory/50) - file >= 2 * files
+        return (long)Math.Ceiling((fileBytes + 2.0 * files + (44L << 20)) / 0.98);
+    }
+
+    /// <summary>
+    /// The initramfs's size in bytes, once it is known to fit a guest of <paramref name="memoryKiB"/>
+    /// (<see cref="MinimumGuestMemory"/>): a guest short of it dies early, often before its console
+    /// says anything. For a compressed archive (a QEMU_BASE_INITRAMFS) the file's size stands for the
+    /// unpacked size too, which makes the check a lenient one.
+    /// </summary>
+    /// <exception cref="MelangeException">InitramfsTooLarge, before anything boots.</exception>
+    public static long CheckFitsInMemory(string initramfsPath, long memoryKiB)
+    {
+        var size = new FileInfo(initramfsPath).Length;
+        var needed = MinimumGuestMemory(size, size);
+        if (needed <= memoryKiB * 1024) return size;
+        var compressed = !IsPlainCpio(initramfsPath);
+        var suggestMiB = ((needed >> 20) / 64 + 1) * 64; // the next 64 MiB up
+        throw new MelangeException(ErrorKind.ResourceUnavailable, "InitramfsTooLarge",
+            $"The initramfs {initramfsPath} is {MiB(size)}{(compressed ? " compressed (more unpacked)" : "")}, too large for the guest's {MiB(memoryKiB * 1024)} of memory: " +
+            $"the kernel unpacks it into a RAM file system of half the memory that the archive itself leaves free, so the guest needs at least {MiB(needed)}.",
+            $"Give the pod more memory (-Memory {suggestMiB}Mi or more), or make the initramfs smaller: check QEMU_BASE_INITRAMFS and QEMU_ADDITIONAL_PACKAGES " +
+            "(the modules of QEMU_KERNEL_MODULES are reduced to those the guest needs).", initramfsPath);
+    }
+
+    /// <summary>"The initramfs was N MiB for M MiB of guest memory": for messages about a VM that died early.</summary>
+    public static string DescribeFit(long initramfsBytes, long memoryKiB) =>
+        $"The initramfs was {MiB(initramfsBytes)} for {MiB(memoryKiB * 1024)} of guest memory (it needs about {MiB(MinimumGuestMemory(initramfsBytes, initramfsBytes))}).";
+
+    private static string MiB(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1048576.0:0.#} MiB");
+
+    /// <summary>Whether a file starts as an uncompressed cpio newc archive (what this builder writes).</summary>
+    private static bool IsPlainCpio(string path)
+    {
+        Span<byte> magic = stackalloc byte[6];
+        using var f = File.OpenRead(path);
+        return f.ReadAtLeast(magic, 6, throwOnEndOfStream: false) == 6 && (magic.SequenceEqual("070701"u8) || magic.SequenceEqual("070702"u8));
+    }
 
     /// <summary>Overwrites a file with random bytes, flushes it to disk and deletes it. A missing file is fine.</summary>
     public static void SecureDelete(string path)
@@ -358,16 +418,7 @@ public static partial class InitramfsBuilder
     {
         modulesDir = Path.GetFullPath(modulesDir).TrimEnd('/');
         var version = Path.GetFileName(modulesDir);
-        var depFile = Path.Combine(modulesDir, "modules.dep");
-        if (!File.Exists(depFile))
-            throw new MelangeException(ErrorKind.ObjectNotFound, "ModulesDepNotFound",
-                $"'{modulesDir}' has no modules.dep: it is not a lib/modules/<version> tree.",
-                "Give the lib/modules/<version> directory that matches the kernel (run depmod on it if modules.dep is missing).", modulesDir);
-        Dictionary<string, (string Path, IReadOnlyList<string> Deps)> dep;
-        using (var r = new StreamReader(depFile)) dep = KernelModules.ParseModulesDep(r);
-        var builtin = new HashSet<string>(StringComparer.Ordinal);
-        var builtinFile = Path.Combine(modulesDir, "modules.builtin");
-        if (File.Exists(builtinFile)) using (var r = new StreamReader(builtinFile)) builtin = KernelModules.ParseBuiltin(r);
+        var (dep, builtin) = GuestModulesDep(modulesDir, version, events);
         var keepSignatures = KernelConfigForcesSignatures(modulesDir, version, events);
         var contents = new Dictionary<string, byte[]>(StringComparer.Ordinal);
         byte[] Contents(ModuleToLoad m)
@@ -391,6 +442,90 @@ public static partial class InitramfsBuilder
         tree.AddData(prefix + KernelModules.LoadListName, Encoding.UTF8.GetBytes(KernelModules.FormatLoadList(list, version)), 0x1A4);
     }
 
+    /// <summary>Every module the guest may load: the boot modules (required), then the on-demand ones (optional).</summary>
+    private static IEnumerable<(string Name, bool Optional)> AllGuestModules =>
+        KernelModules.GuestModules.Concat(KernelModules.OnDemandModules.Select(m => (m.Name, true)));
+
+    /// <summary>
+    /// The dependency data of the modules the guest needs, and the modules built into the kernel.
+    /// From modules.dep when the tree has one; otherwise (a package unpacked with dpkg -x, whose
+    /// postinst would have run depmod) derived from the needed modules' own .modinfo, never
+    /// written into the tree. A dependency of a required module that has no file is an error
+    /// naming it; a required module itself that is missing fails later, in the load order.
+    /// </summary>
+    internal static (Dictionary<string, (string Path, IReadOnlyList<string> Deps)> Dep, HashSet<string> Builtin) GuestModulesDep(string modulesDir, string version, IEventSink events)
+    {
+        var builtin = BuiltinModules(modulesDir, version, events);
+        var depFile = Path.Combine(modulesDir, "modules.dep");
+        if (File.Exists(depFile))
+        {
+            using var r = new StreamReader(depFile);
+            return (KernelModules.ParseModulesDep(r), builtin);
+        }
+        var watch = Stopwatch.StartNew();
+        var wanted = AllGuestModules.Select(m => (Name: KernelModules.NormalizeName(m.Name), m.Optional)).Where(m => !builtin.Contains(m.Name)).ToList();
+        var derived = ModulesDep.Derive(modulesDir, wanted.Select(m => m.Name), builtin);
+        if (derived.FilesIndexed == 0)
+            throw new MelangeException(ErrorKind.ObjectNotFound, "ModulesDepNotFound",
+                $"'{modulesDir}' has neither a modules.dep nor any kernel module (*.ko, *.ko.xz, *.ko.zst, *.ko.gz): it is not a lib/modules/<version> tree.",
+                "Give the lib/modules/<version> directory that matches the kernel (in an unpacked linux-image package: <tree>/lib/modules/<version>).", modulesDir);
+        var dep = derived.Dep;
+        foreach (var (name, optional) in wanted)
+        {
+            if (!dep.TryGetValue(name, out var entry)) continue; // a missing root: the load order says whether it mattered
+            var needs = entry.Deps.Select(KernelModules.NameFromPath).Append(name).ToHashSet(StringComparer.Ordinal);
+            foreach (var (module, neededBy) in derived.Missing.Where(m => needs.Contains(m.NeededBy)))
+            {
+                if (optional)
+                {
+                    events.Verbose($"Kernel module {name} needs {module}, which '{modulesDir}' does not have (optional; skipped).");
+                    dep.Remove(name);
+                    break;
+                }
+                throw new MelangeException(ErrorKind.NotInstalled, "KernelModuleMissing",
+                    $"The guest needs the kernel module {module} ({neededBy} depends on it{(neededBy == name ? "" : ", for " + name)}), but '{modulesDir}' has no {module}.ko and the kernel does not have it built in.",
+                    $"Unpack the kernel's package again (the tree lacks {module}), or point QEMU_KERNEL_MODULES at the complete lib/modules/{version} tree of the kernel that boots.", modulesDir);
+            }
+        }
+        events.Verbose($"Kernel: '{modulesDir}' has no modules.dep: the guest's {dep.Count} modules and their dependencies came from their .modinfo " +
+            $"({derived.ModulesRead} of {derived.FilesIndexed} module files read, {watch.ElapsedMilliseconds} ms); the tree was not changed.");
+        return (dep, builtin);
+    }
+
+    /// <summary>
+    /// The modules compiled into the kernel: modules.builtin, else modules.builtin.modinfo (both
+    /// made by the kernel's build and shipped in its package), else, for the modules the guest
+    /// needs, the kernel's build configuration (CONFIG_…=y). Without any of these, none.
+    /// </summary>
+    internal static HashSet<string> BuiltinModules(string modulesDir, string version, IEventSink events)
+    {
+        var builtinFile = Path.Combine(modulesDir, "modules.builtin");
+        if (File.Exists(builtinFile)) using (var r = new StreamReader(builtinFile)) return KernelModules.ParseBuiltin(r);
+        var modinfoFile = Path.Combine(modulesDir, "modules.builtin.modinfo");
+        if (File.Exists(modinfoFile))
+            return Encoding.UTF8.GetString(File.ReadAllBytes(modinfoFile)).Split('\0')
+                .Select(e => e.IndexOf('.') is > 0 and var dot ? KernelModules.NormalizeName(e[..dot]) : null)
+                .OfType<string>().ToHashSet(StringComparer.Ordinal);
+        if (FindKernelConfig(modulesDir, version) is { } config)
+        {
+            using var r = new StreamReader(config);
+            var fromConfig = KernelModules.BuiltinFromConfig(r);
+            events.Verbose($"Kernel: '{modulesDir}' has no modules.builtin; from {config}, built in among the guest's modules: {(fromConfig.Count == 0 ? "none" : string.Join(' ', fromConfig.Order(StringComparer.Ordinal)))}.");
+            return fromConfig;
+        }
+        events.Verbose($"Kernel: '{modulesDir}' has no modules.builtin and no kernel configuration was found: every module the guest needs must be a file.");
+        return new HashSet<string>(StringComparer.Ordinal);
+    }
+
+    /// <summary>The kernel's build configuration beside its modules (as Debian installs and packages it), if any.</summary>
+    internal static string? FindKernelConfig(string modulesDir, string version) => new[]
+    {
+        Path.Combine(modulesDir, "config"),
+        Path.GetFullPath(Path.Combine(modulesDir, "../../../boot/config-" + version)),
+        Path.GetFullPath(Path.Combine(modulesDir, "../../../../boot/config-" + version)),
+        "/boot/config-" + version,
+    }.FirstOrDefault(File.Exists);
+
     /// <summary>
     /// Whether the guest kernel enforces module signatures, from its build configuration beside the
     /// modules (/boot/config-VERSION, as Debian installs and fetches it). Without one, signatures are
@@ -398,14 +533,7 @@ public static partial class InitramfsBuilder
     /// </summary>
     private static bool KernelConfigForcesSignatures(string modulesDir, string version, IEventSink events)
     {
-        var candidates = new[]
-        {
-            Path.Combine(modulesDir, "config"),
-            Path.GetFullPath(Path.Combine(modulesDir, "../../../boot/config-" + version)),
-            Path.GetFullPath(Path.Combine(modulesDir, "../../../../boot/config-" + version)),
-            "/boot/config-" + version,
-        };
-        foreach (var config in candidates.Where(File.Exists))
+        if (FindKernelConfig(modulesDir, version) is { } config)
         {
             using var reader = new StreamReader(config);
             var forced = KernelModules.ConfigForcesSignatures(reader);
@@ -560,6 +688,15 @@ public static partial class InitramfsBuilder
         {
             modulesDir = Path.GetFullPath(modulesDir).TrimEnd('/');
             modulesStamp = Stamp(Path.Combine(modulesDir, "modules.dep")) + "|" + Stamp(Path.Combine(modulesDir, "modules.builtin"));
+            if (!File.Exists(Path.Combine(modulesDir, "modules.dep")))
+            {
+                // No modules.dep to stand for the tree: the files the guest's modules come from do
+                // (deriving them reads a few dozen small files, and fails now on a missing one).
+                var version = Path.GetFileName(modulesDir);
+                var (dep, _) = GuestModulesDep(modulesDir, version, events);
+                modulesStamp += "|derived|" + Stamp(Path.Combine(modulesDir, "modules.builtin.modinfo")) + "|" + (FindKernelConfig(modulesDir, version) is { } c ? Stamp(c) : "no-config") +
+                    "|" + string.Join("|", dep.Values.Select(e => e.Path).Order(StringComparer.Ordinal).Select(p => Stamp(Path.Combine(modulesDir, p))));
+            }
         }
         return new CacheInputs(arch, modulesDir, modulesStamp, packages, GuestFileNames.Select(GuestFile).ToList(), stamps);
     }
@@ -592,7 +729,10 @@ public static partial class InitramfsBuilder
     // ---------------------------------------------------------------------------------------
     // Per pod
 
-    internal static string InjectRuntimeData(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, IEventSink events, CancellationToken ct)
+    internal static string InjectRuntimeData(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, IEventSink events, CancellationToken ct) =>
+        InjectRuntimeData(baseInitramfs, hostPrivateKey, hostPublicKeyLine, extraModulesDir, null, events, ct);
+
+    internal static string InjectRuntimeData(string baseInitramfs, byte[] hostPrivateKey, string hostPublicKeyLine, string? extraModulesDir, string? baseModulesDir, IEventSink events, CancellationToken ct)
     {
         if (!File.Exists(baseInitramfs))
             throw new MelangeException(ErrorKind.ObjectNotFound, "BaseInitramfsNotFound", $"The base initramfs '{baseInitramfs}' does not exist.",
@@ -603,14 +743,15 @@ public static partial class InitramfsBuilder
             if (!Directory.Exists(extraModulesDir))
                 throw new MelangeException(ErrorKind.ObjectNotFound, "KernelModulesNotFound", $"QEMU_KERNEL_MODULES is set to '{extraModulesDir}', which is not a directory.",
                     "Point QEMU_KERNEL_MODULES at the kernel's lib/modules/<version> directory, or unset it.", extraModulesDir);
-            modules = new InitramfsTree();
             var dir = Path.GetFullPath(extraModulesDir).TrimEnd('/');
-            if (File.Exists(Path.Combine(dir, "modules.dep")))
-                AddModules(modules, dir, events, ct);
+            if (baseModulesDir != null && dir == Path.GetFullPath(baseModulesDir).TrimEnd('/'))
+                events.Verbose($"QEMU_KERNEL_MODULES is the tree the base initramfs was built with ({dir}): its modules are there already.");
             else
             {
-                events.Verbose($"'{dir}' has no modules.dep: adding its whole tree, the guest has no load order for it.");
-                AddWholeTree(modules, dir, "lib/modules/" + Path.GetFileName(dir));
+                // Only the modules the guest needs and their load list, never the tree whole: a
+                // package's tree is ~400 MB, which the guest would have to hold in RAM.
+                modules = new InitramfsTree();
+                AddModules(modules, dir, events, ct);
             }
         }
 
@@ -663,19 +804,4 @@ public static partial class InitramfsBuilder
             throw;
         }
     }
-
-    private static void AddWholeTree(InitramfsTree tree, string dir, string prefix)
-    {
-        tree.AddDirectory(prefix);
-        var options = new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0, IgnoreInaccessible = false };
-        foreach (var entry in new DirectoryInfo(dir).EnumerateFileSystemInfos("*", options).OrderBy(e => e.FullName, StringComparer.Ordinal))
-        {
-            var rel = prefix + "/" + Path.GetRelativePath(dir, entry.FullName);
-            if (entry.LinkTarget is { } target) tree.AddSymlink(rel, target);
-            else if (entry is DirectoryInfo) tree.AddDirectory(rel);
-            else tree.AddHostFile(rel, entry.FullName, 0x1A4, entry.LastWriteTimeUtc.ToUnixTime());
-        }
-    }
-
-    private static long ToUnixTime(this DateTime utc) => new DateTimeOffset(utc).ToUnixTimeSeconds();
 }

@@ -208,6 +208,29 @@ public static class KernelModules
         return signed > 0 ? module[..(int)signed] : module;
     }
 
+    /// <summary>
+    /// The configuration symbol that builds each module the guest needs: a tree without
+    /// modules.builtin (a package with its modules.* files gone) still has the kernel's config.
+    /// </summary>
+    public static readonly IReadOnlyDictionary<string, string> ConfigSymbols = new Dictionary<string, string>(StringComparer.Ordinal)
+    {
+        ["virtio_pci"] = "CONFIG_VIRTIO_PCI", ["virtio_console"] = "CONFIG_VIRTIO_CONSOLE", ["virtio_rng"] = "CONFIG_HW_RANDOM_VIRTIO",
+        ["virtio_blk"] = "CONFIG_VIRTIO_BLK", ["virtio_net"] = "CONFIG_VIRTIO_NET", ["crc32c_generic"] = "CONFIG_CRYPTO_CRC32C",
+        ["ext4"] = "CONFIG_EXT4_FS", ["9pnet_virtio"] = "CONFIG_NET_9P_VIRTIO", ["9p"] = "CONFIG_9P_FS",
+        ["overlay"] = "CONFIG_OVERLAY_FS", ["virtiofs"] = "CONFIG_VIRTIO_FS",
+    };
+
+    /// <summary>The guest's modules (of <see cref="ConfigSymbols"/>) that a kernel configuration builds in (=y).</summary>
+    public static HashSet<string> BuiltinFromConfig(TextReader config)
+    {
+        var builtIn = ConfigSymbols.Values.Select(v => v + "=y").ToHashSet(StringComparer.Ordinal);
+        var found = new HashSet<string>(StringComparer.Ordinal);
+        string? line;
+        while ((line = config.ReadLine()) != null)
+            if (builtIn.Contains(line.Trim())) found.Add(line.Trim()[..^2]);
+        return ConfigSymbols.Where(kv => found.Contains(kv.Value)).Select(kv => kv.Key).ToHashSet(StringComparer.Ordinal);
+    }
+
     /// <summary>Whether the kernel's build configuration enforces module signatures (CONFIG_MODULE_SIG_FORCE=y).</summary>
     public static bool ConfigForcesSignatures(TextReader config)
     {

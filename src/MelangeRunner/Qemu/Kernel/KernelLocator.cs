@@ -29,9 +29,13 @@ public static class KernelLocator
     /// <summary>The host's module trees (a seam for tests).</summary>
     internal static string[] HostModuleRoots { get; set; } = { "/lib/modules", "/usr/lib/modules" };
 
+    public const string KernelModulesVariable = "QEMU_KERNEL_MODULES";
+
     /// <summary>
     /// Finds the kernel for <paramref name="arch"/> (apko or OCI name; null for the host's).
-    /// QEMU_KERNEL_MODULES is not handled here: the initramfs injects it.
+    /// Its modules are QEMU_KERNEL_MODULES when that names a directory (then the base initramfs
+    /// holds the guest's modules from it; a missing one is reported where the initramfs injects it),
+    /// else the tree beside the kernel or the host's.
     /// </summary>
     /// <exception cref="MelangeException">QEMU_KERNEL_IMAGE names a missing or unreadable file; /boot/vmlinuz is unreadable and the cache is empty; or no kernel at all (NotInstalled, "KernelNotFound").</exception>
     public static KernelInfo Locate(string arch, IEventSink events)
@@ -114,6 +118,15 @@ public static class KernelLocator
 
     static string? FindModules(string image, string? version, string? cacheEntry, IEventSink events)
     {
+        if (Environment.GetEnvironmentVariable(KernelModulesVariable) is { Length: > 0 } given && Directory.Exists(given))
+        {
+            string full = Path.GetFullPath(given).TrimEnd('/');
+            // The guest looks for its load list under lib/modules/$(uname -r).
+            if (version != null && Path.GetFileName(full) != version)
+                events.Warning($"{KernelModulesVariable} is '{given}', but the kernel is {version}: the guest looks for its modules in lib/modules/{version} and will not find these.");
+            events.Verbose($"Kernel: modules from {KernelModulesVariable}: {full}");
+            return full;
+        }
         if (version == null)
         {
             events.Verbose("Kernel: the kernel's version is unknown, so no matching lib/modules tree; set QEMU_KERNEL_MODULES if the guest needs modules.");
@@ -139,7 +152,10 @@ public static class KernelLocator
         {
             if (!Directory.Exists(c)) continue;
             string full = Path.GetFullPath(c);
-            if (!File.Exists(Path.Combine(full, "modules.dep"))) ModulesDep.Ensure(full, events);
+            // Our own fetched tree gets a full modules.dep once; another tree (an unpacked package
+            // of the user's) is never written to: the initramfs derives what it needs from it.
+            if (entry != null && full.StartsWith(Path.GetFullPath(entry).TrimEnd('/') + "/", StringComparison.Ordinal) && !File.Exists(Path.Combine(full, "modules.dep")))
+                ModulesDep.Ensure(full, events);
             events.Verbose($"Kernel: modules for {version}: {full}");
             return full;
         }

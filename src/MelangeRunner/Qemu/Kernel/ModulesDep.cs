@@ -82,26 +82,110 @@ public static class ModulesDep
         var sb = new StringBuilder();
         foreach (var rel in order)
         {
-            // Post-order DFS: dependencies before dependents; depmod lists the reverse.
-            var post = new List<string>();
-            var visiting = new HashSet<string>(StringComparer.Ordinal) { rel };
-            void Visit(string r)
-            {
-                foreach (var dep in depends[r])
-                {
-                    if (!byName.TryGetValue(dep, out var dr) || !visiting.Add(dr)) continue;
-                    Visit(dr);
-                    post.Add(dr);
-                }
-            }
-            Visit(rel);
-            post.Reverse();
             sb.Append(rel).Append(':');
-            foreach (var d in post) sb.Append(' ').Append(d);
+            foreach (var d in DepmodOrder(rel, r => depends[r], byName)) sb.Append(' ').Append(d);
             sb.Append('\n');
         }
         count = order.Count;
         return sb.ToString();
+    }
+
+    /// <summary>
+    /// The modules.dep lines of some modules of a tree that has no modules.dep: only
+    /// <paramref name="roots"/> and what they need, read from those modules' own .modinfo
+    /// (<c>depends=</c>), so that a package's tree of thousands of modules costs a walk of its
+    /// names and a few dozen small reads (the whole tree's .modinfo takes over a second).
+    /// A root without a file is left out (the caller decides whether it mattered); a dependency
+    /// without a file, unless built in, is reported in <see cref="DerivedModulesDep.Missing"/>.
+    /// </summary>
+    public static DerivedModulesDep Derive(string modulesDir, IEnumerable<string> roots, IReadOnlySet<string> builtin)
+    {
+        string root = Path.GetFullPath(modulesDir);
+        var byName = IndexByName(root, out int files);
+        var direct = new Dictionary<string, string[]>(StringComparer.Ordinal); // module name → direct dependency names
+        var missing = new List<(string Module, string NeededBy)>();
+
+        string[] DirectOf(string name)
+        {
+            if (direct.TryGetValue(name, out var d)) return d;
+            var path = Path.Combine(root, byName[name]);
+            Dictionary<string, string> info;
+            try { info = ReadModinfo(path); }
+            // Decompressors throw their own types for a damaged stream.
+            catch (Exception e) when (e is not (OperationCanceledException or OutOfMemoryException))
+            {
+                throw new MelangeException(ErrorKind.InvalidData, "CorruptKernelModule", $"Cannot read the kernel module '{path}': {e.Message}",
+                    "Reinstall or unpack the kernel's modules again.", path, e);
+            }
+            d = info.TryGetValue("depends", out var dep)
+                ? dep.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).Select(x => x.Replace('-', '_')).Distinct().ToArray()
+                : Array.Empty<string>();
+            return direct[name] = d;
+        }
+
+        // The closure of the roots, each module's .modinfo read once.
+        var closure = new List<string>();
+        var seen = new HashSet<string>(StringComparer.Ordinal);
+        var stack = new Stack<string>();
+        foreach (var r in roots.Select(n => n.Replace('-', '_')))
+            if (byName.ContainsKey(r) && seen.Add(r)) stack.Push(r);
+        while (stack.Count > 0)
+        {
+            var name = stack.Pop();
+            closure.Add(name);
+            foreach (var dep in DirectOf(name))
+            {
+                if (builtin.Contains(dep)) continue;
+                if (!byName.ContainsKey(dep)) { missing.Add((dep, name)); continue; }
+                if (seen.Add(dep)) stack.Push(dep);
+            }
+        }
+
+        var result = new Dictionary<string, (string Path, IReadOnlyList<string> Deps)>(StringComparer.Ordinal);
+        foreach (var name in closure)
+            result[name] = (byName[name], DepmodOrder(byName[name], rel => DirectOf(NameFromFile(rel)), byName));
+        return new DerivedModulesDep(result, missing, files, direct.Count);
+    }
+
+    /// <summary>
+    /// Every module file of a tree by module name (kernel/fs/9p/9p.ko.xz → 9p). A name found twice
+    /// goes to updates/ first, as depmod's default search order has it, then to the first path.
+    /// </summary>
+    internal static Dictionary<string, string> IndexByName(string root, out int count)
+    {
+        var byName = new Dictionary<string, string>(StringComparer.Ordinal);
+        var files = Directory.EnumerateFiles(root, "*", new EnumerationOptions { RecurseSubdirectories = true, AttributesToSkip = 0 })
+            .Where(IsModuleFile)
+            .Select(f => Path.GetRelativePath(root, f).Replace('\\', '/'))
+            .OrderBy(f => f.StartsWith("updates/", StringComparison.Ordinal) ? 0 : 1)
+            .ThenBy(f => f, StringComparer.Ordinal)
+            .ToList();
+        foreach (var rel in files) byName.TryAdd(NameFromFile(rel), rel);
+        count = files.Count;
+        return byName;
+    }
+
+    /// <summary>
+    /// A modules.dep line's dependencies for <paramref name="rel"/>: all it needs, transitively, a
+    /// module before the modules it needs (depmod's order: loading goes right to left).
+    /// </summary>
+    static List<string> DepmodOrder(string rel, Func<string, IEnumerable<string>> directOf, IReadOnlyDictionary<string, string> byName)
+    {
+        // Post-order DFS: dependencies before dependents; depmod lists the reverse.
+        var post = new List<string>();
+        var visiting = new HashSet<string>(StringComparer.Ordinal) { rel };
+        void Visit(string r)
+        {
+            foreach (var dep in directOf(r))
+            {
+                if (!byName.TryGetValue(dep, out var dr) || !visiting.Add(dr)) continue;
+                Visit(dr);
+                post.Add(dr);
+            }
+        }
+        Visit(rel);
+        post.Reverse();
+        return post;
     }
 
     static bool IsModuleFile(string path) =>
@@ -141,3 +225,15 @@ public static class ModulesDep
         return result;
     }
 }
+
+/// <summary>
+/// modules.dep lines derived for some modules (name → path, transitive dependencies in depmod's
+/// order, as <see cref="MelangeRunner.Qemu.Initramfs.KernelModules.ParseModulesDep"/> gives them),
+/// the dependencies that have no file (and which module needs each), how many module files the
+/// tree holds and how many were read.
+/// </summary>
+public sealed record DerivedModulesDep(
+    Dictionary<string, (string Path, IReadOnlyList<string> Deps)> Dep,
+    IReadOnlyList<(string Module, string NeededBy)> Missing,
+    int FilesIndexed,
+    int ModulesRead);

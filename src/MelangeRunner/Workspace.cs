@@ -89,6 +89,7 @@ public static partial class Workspace
         var extra = ValidateExtraFiles(extraFiles);
         var full = Path.GetFullPath(tarPath);
         var partial = full + ".partial-" + Guid.NewGuid().ToString("N")[..8];
+        using var watch = HostProcess.Reaper.WatchPath(partial); // removed if the process dies mid-export
         try
         {
             await using (var tar = await pod.WorkspaceTarAsync(extra, events, cancellationToken).ConfigureAwait(false))
@@ -114,7 +115,7 @@ public static partial class Workspace
         await using var tar = await pod.WorkspaceTarAsync(extra, events, cancellationToken).ConfigureAwait(false);
         await using var counted = new ProgressStream(tar, events, "Exporting workspace");
         // Results belong to whoever exports them: owners are not carried over.
-        await SafeTarExtractor.ExtractAsync(counted, full, new TarExtractOptions { PreserveOwners = false }, events, cancellationToken).ConfigureAwait(false);
+        await SafeTarExtractor.ExtractAsync(counted, full, new TarExtractOptions { PreserveOwners = false, ReapPartialFiles = true }, events, cancellationToken).ConfigureAwait(false);
         return new DirectoryInfo(full);
     }
 

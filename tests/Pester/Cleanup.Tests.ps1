@@ -214,3 +214,40 @@ Describe 'Import-MelangeImage interrupted' -ForEach @(
         }
     }
 }
+
+Describe 'PowerShell killed during Export-MelangeWorkspace' -Skip:$noBwrap {
+    It 'with SIGKILL: no partial file is left in the destination (<Form>)' -ForEach @(
+        # Sparse files: quick to make, long to export. Into a directory the zeros become holes again
+        # (fast), so that file is bigger; the tar file is written whole, so that one is smaller.
+        @{ Form = '-Destination'; Size = '256G'; Export = '$pod | Export-MelangeWorkspace -Destination $dest' }
+        @{ Form = '-AsTarPath'; Size = '4G'; Export = '$pod | Export-MelangeWorkspace -AsTarPath (Join-Path $dest out.tar)' }
+    ) {
+        $dest = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "export-kill-$($Form.TrimStart('-'))")).FullName
+        $ws = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "export-kill-ws-$($Form.TrimStart('-'))")).FullName
+        $null = New-Item -ItemType Directory -Force (Join-Path $ws 'melange-out/pkg')
+        $null = & truncate -s $Size (Join-Path $ws 'melange-out/pkg/big')
+        $child = Start-ChildPwsh -Script @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$script:ModuleManifest'
+`$img = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner bubblewrap
+`$pod = `$img | Start-MelangePod -WorkspaceDir '$ws'
+`$dest = '$dest'
+[Console]::Out.WriteLine('EXPORTING'); [Console]::Out.Flush()
+$Export
+"@
+        try {
+            $null = Wait-ChildLine -Process $child -Pattern '^EXPORTING$'
+            Wait-Until -TimeoutSeconds 60 -Because 'the export to write' -Condition {
+                @(Get-ChildItem -LiteralPath $dest -Recurse -Force -File -ErrorAction Ignore).Count -gt 0
+            }
+            $partial = @(Get-ChildItem -LiteralPath $dest -Recurse -Force -File | ForEach-Object FullName)
+            $partial | Should -Match '\.melange-partial-|\.partial-'
+            $child.Kill()
+            $child.WaitForExit()
+            Wait-Until -Because 'the partial file to be removed' -Condition { -not (Get-ChildItem -LiteralPath $dest -Recurse -Force -File) }
+        } finally {
+            if (-not $child.HasExited) { $child.Kill() }
+            $child.Dispose()
+        }
+    }
+}

@@ -16,6 +16,13 @@ public sealed class TarExtractOptions
 
     /// <summary>Apply SCHILY.xattr.* PAX attributes with lsetxattr.</summary>
     public bool PreserveXattrs { get; init; } = true;
+
+    /// <summary>
+    /// Register each file being written with the reaper until it is renamed into place, so that a
+    /// process killed mid-file leaves no partial file (an export into a user's directory; an
+    /// import needs none: its whole private directory is registered).
+    /// </summary>
+    public bool ReapPartialFiles { get; init; } = false;
 }
 
 /// <summary>
@@ -424,6 +431,7 @@ internal sealed class TarExtractor
         }
         if (fd < 0) throw Libc.Error("open", temp, -fd);
         bool placed = false;
+        using var watch = _options.ReapPartialFiles ? HostProcess.Reaper.WatchPath(temp) : null;
         try
         {
             try

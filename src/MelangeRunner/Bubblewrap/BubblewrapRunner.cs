@@ -159,7 +159,7 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         File.SetUnixFileMode(rootfs, (UnixFileMode)0x1ED); // 0755
         var source = await ImageImporter.ExtractAsync(path, arch, rootfs, events, cancellationToken).ConfigureAwait(false);
         privateDir.Keep();
-        return new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
+        return new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind, Env = source.Env.ToArray() };
     }
 
     /// <summary>Deletes the whole private directory of an imported image (a Ref of another shape: that directory).</summary>

@@ -9,7 +9,7 @@ namespace MelangeRunner.Images;
 /// or "+bzip2" when compressed), "oci-layout", "oci-archive" or "docker-archive" — and the
 /// architecture of the image taken from it, apko-style (x86_64, aarch64…).
 /// </summary>
-public sealed record ImageSourceInfo(string Kind, string Arch);
+public sealed record ImageSourceInfo(string Kind, string Arch, IReadOnlyList<string> Env);
 
 /// <summary>
 /// How an import may use the host: independent of any PodConfig, since an image is imported
@@ -131,7 +131,7 @@ public static class ImageImporter
             }
             extractor.Finish(ct);
             progress.Complete();
-            return new ImageSourceInfo(source.Kind, source.Arch);
+            return new ImageSourceInfo(source.Kind, source.Arch, source.Env);
         }, ct);
     }
 
@@ -163,7 +163,7 @@ public static class ImageImporter
                 using (var fs = new FileStream(output, FileMode.Create, FileAccess.Write, FileShare.None, 1 << 20))
                     Flattener.Run(source.Layers, fs, () => new ExpansionBudget(options.MaximumSize, $"The image '{path}'"), events, ct);
                 done = true;
-                return new ImageSourceInfo(source.Kind, source.Arch);
+                return new ImageSourceInfo(source.Kind, source.Arch, source.Env);
             }
             finally
             {

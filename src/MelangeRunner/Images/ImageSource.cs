@@ -14,6 +14,10 @@ internal sealed class ImageSource : IDisposable
     public required string Kind { get; init; }
     public required string Arch { get; init; }
     public required IReadOnlyList<LayerRef> Layers { get; init; }
+
+    /// <summary>The image config's Env ("K=V" strings, in order); empty for a bare layer tar.</summary>
+    public IReadOnlyList<string> Env { get; init; } = Array.Empty<string>();
+
     public List<IDisposable> Owned { get; } = new();
 
     public void Dispose()
@@ -213,8 +217,14 @@ internal sealed class ImageSource : IDisposable
                 list.Add(new LayerRef($"layer {i} ({digest[..Math.Min(digest.Length, 19)]})", store.Size(digest), digest, () => store.Open(digest)));
             }
             string archName = match.C.Arch != null ? Architecture.FromOci(match.C.Arch, match.C.Variant) : wanted;
+            IReadOnlyList<string> env = Array.Empty<string>();
+            if (manifest.RootElement.TryGetProperty("config", out var configDescriptor))
+            {
+                using var config = store.ReadJson(DigestOf(configDescriptor));
+                env = EnvOf(config.RootElement);
+            }
             events.Verbose($"Using the {archName} image of '{store.DisplayPath}' ({list.Count} layers).");
-            return new ImageSource { Kind = kind, Arch = archName, Layers = list };
+            return new ImageSource { Kind = kind, Arch = archName, Layers = list, Env = env };
         }
         finally
         {
@@ -244,6 +254,15 @@ internal sealed class ImageSource : IDisposable
         }
     }
 
+    /// <summary>config.Env of an image config (OCI and docker alike): its "K=V" strings, others skipped.</summary>
+    static IReadOnlyList<string> EnvOf(JsonElement config)
+    {
+        if (!config.TryGetProperty("config", out var c) || c.ValueKind != JsonValueKind.Object ||
+            !c.TryGetProperty("Env", out var env) || env.ValueKind != JsonValueKind.Array) return Array.Empty<string>();
+        return env.EnumerateArray().Where(v => v.ValueKind == JsonValueKind.String).Select(v => v.GetString()!)
+            .Where(kv => kv.IndexOf('=') > 0 && !kv.Contains('\0')).ToList();
+    }
+
     static string? Str(JsonElement e, string name) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
@@ -260,6 +279,7 @@ internal sealed class ImageSource : IDisposable
         var seen = new List<string>();
         JsonElement? chosen = null;
         string? chosenArch = null;
+        IReadOnlyList<string> env = Array.Empty<string>();
         int count = doc.RootElement.GetArrayLength();
         foreach (var img in doc.RootElement.EnumerateArray())
         {
@@ -269,9 +289,11 @@ internal sealed class ImageSource : IDisposable
                 using var cfg = store.ReadJson(cfgPath);
                 arch = Str(cfg.RootElement, "architecture");
                 variant = Str(cfg.RootElement, "variant");
+                env = EnvOf(cfg.RootElement);
             }
             if (arch == null && count == 1) { chosen = img; chosenArch = wanted; break; }
             if (arch != null && Architecture.Matches(wanted, arch, variant)) { chosen = img; chosenArch = Architecture.FromOci(arch, variant); break; }
+            env = Array.Empty<string>();
             if (arch != null) seen.Add(Architecture.FromOci(arch, variant));
         }
         if (chosen == null)
@@ -287,7 +309,7 @@ internal sealed class ImageSource : IDisposable
                 string? digest = p.StartsWith("blobs/sha256/", StringComparison.Ordinal) ? "sha256:" + p["blobs/sha256/".Length..] : null;
                 list.Add(new LayerRef(p, m.Length, digest, () => store.OpenMember(m)));
             }
-        return new ImageSource { Kind = "docker-archive", Arch = chosenArch!, Layers = list };
+        return new ImageSource { Kind = "docker-archive", Arch = chosenArch!, Layers = list, Env = env };
     }
 
     // ---- blob stores ----------------------------------------------------------------------

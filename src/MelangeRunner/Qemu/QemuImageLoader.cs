@@ -25,7 +25,7 @@ public sealed class QemuImageLoader : IImageLoader
         var source = await ImageImporter.FlattenAsync(path, arch, tarPath, events, cancellationToken).ConfigureAwait(false);
         File.SetUnixFileMode(tarPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
         privateDir.Keep();
-        return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind };
+        return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind, Env = source.Env.ToArray() };
     }
 
     /// <summary>Deletes the tar and its private directory (a Ref of another shape: only that file).</summary>

@@ -77,7 +77,7 @@ public class ImageImporterTests
 
         public object Manifest(string arch, params byte[][] layers)
         {
-            var cfg = Json(new { architecture = arch, os = "linux", rootfs = new { type = "layers" } });
+            var cfg = Json(new { architecture = arch, os = "linux", rootfs = new { type = "layers" }, config = new { Env = new[] { "PATH=/opt/" + arch + "/bin:/usr/bin", "LANG=C.UTF-8", "not-a-variable" } } });
             var ls = layers.Select(l => { var b = Blob(l); return new { mediaType = "application/vnd.oci.image.layer.v1.tar+gzip", digest = b.Digest, size = b.Size }; }).ToArray();
             var m = Json(new { schemaVersion = 2, mediaType = "application/vnd.oci.image.manifest.v1+json", config = new { mediaType = "application/vnd.oci.image.config.v1+json", digest = cfg.Digest, size = cfg.Size }, layers = ls });
             return new { mediaType = "application/vnd.oci.image.manifest.v1+json", digest = m.Digest, size = m.Size, platform = new { architecture = arch, os = "linux" } };
@@ -160,7 +160,8 @@ public class ImageImporterTests
         string guest = t.Dir("guest");
         var sink = new CollectingSink();
         var info = await ImageImporter.ExtractAsync(layout, "x86_64", guest, sink, CancellationToken.None);
-        Assert.Equal(new ImageSourceInfo("oci-layout", "x86_64"), info);
+        Assert.Equal(("oci-layout", "x86_64"), (info.Kind, info.Arch));
+        Assert.Equal(new[] { "PATH=/opt/amd64/bin:/usr/bin", "LANG=C.UTF-8" }, info.Env); // the chosen image's config; not K=V skipped
         Assert.Empty(sink.Warnings);
         Assert.Equal(s_expectedAmd64, Paths(guest));
         Assert.Equal("now a file", File.ReadAllText(Path.Combine(guest, "dir-to-file")));
@@ -203,7 +204,7 @@ public class ImageImporterTests
         string dir = t.Dir("docker");
         string Put(string name, byte[] data) { string p = Path.Combine(dir, name); Directory.CreateDirectory(Path.GetDirectoryName(p)!); File.WriteAllBytes(p, data); return name; }
         string h1 = new string('a', 64), h2 = new string('b', 64), h3 = new string('c', 64);
-        var cfg = Put(h3 + ".json", JsonSerializer.SerializeToUtf8Bytes(new { architecture = "amd64", os = "linux" }));
+        var cfg = Put(h3 + ".json", JsonSerializer.SerializeToUtf8Bytes(new { architecture = "amd64", os = "linux", config = new { Env = new[] { "PATH=/usr/local/bin:/usr/bin:/bin", "CC=gcc" } } }));
         var l1 = Put(h1 + "/layer.tar", s_base);
         var l2 = Put(h2 + "/layer.tar", s_upper);
         Put("manifest.json", JsonSerializer.SerializeToUtf8Bytes(new[] { new { Config = cfg, RepoTags = new[] { "test:latest" }, Layers = new[] { l1, l2 } } }));
@@ -224,6 +225,7 @@ public class ImageImporterTests
         string guest = t.Dir("guest");
         var info = await ImageImporter.ExtractAsync(archive, null, guest, NullEventSink.Instance, CancellationToken.None);
         Assert.Equal("docker-archive", info.Kind);
+        Assert.Equal(new[] { "PATH=/usr/local/bin:/usr/bin:/bin", "CC=gcc" }, info.Env);
         Assert.Equal(s_expectedAmd64, Paths(guest));
         Assert.DoesNotContain(Directory.GetDirectories(t.Root), d => Path.GetFileName(d).StartsWith(".melange-import-"));
         var ex = await Assert.ThrowsAsync<MelangeException>(() => ImageImporter.ExtractAsync(archive, "aarch64", t.Dir("g2"), NullEventSink.Instance, CancellationToken.None));

@@ -1,0 +1,60 @@
+# What an image's config brings to its steps: an OCI layout's Env layers under the pod's
+# -Environment and the call's, on both runners (and melange's PATH where nothing sets one).
+BeforeDiscovery {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+    $runners = @(
+        @{ Runner = 'bubblewrap'; Skip = -not (Test-MelangeRunner -Name bubblewrap) }
+        @{ Runner = 'qemu'; Skip = -not (Test-MelangeRunner -Name qemu) }
+    )
+}
+
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+
+    # An OCI image layout around the busybox layer, whose config sets Env.
+    function New-OciLayout([string]$Dir, [string[]]$Env) {
+        $blobs = New-Item -ItemType Directory -Force (Join-Path $Dir 'blobs/sha256')
+        function Add-Blob([byte[]]$Bytes) {
+            $hex = [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($Bytes)).ToLowerInvariant()
+            [IO.File]::WriteAllBytes((Join-Path $blobs $hex), $Bytes)
+            @{ digest = "sha256:$hex"; size = $Bytes.Length }
+        }
+        function Add-Json($Object) { Add-Blob ([Text.Encoding]::UTF8.GetBytes(($Object | ConvertTo-Json -Depth 8 -Compress))) }
+        $layer = Add-Blob ([IO.File]::ReadAllBytes((Get-TestRootfs)))
+        $config = Add-Json @{ architecture = 'amd64'; os = 'linux'; rootfs = @{ type = 'layers'; diff_ids = @() }; config = @{ Env = $Env } }
+        $manifest = Add-Json @{
+            schemaVersion = 2; mediaType = 'application/vnd.oci.image.manifest.v1+json'
+            config = @{ mediaType = 'application/vnd.oci.image.config.v1+json'; digest = $config.digest; size = $config.size }
+            layers = @(@{ mediaType = 'application/vnd.oci.image.layer.v1.tar+gzip'; digest = $layer.digest; size = $layer.size })
+        }
+        Set-Content -LiteralPath (Join-Path $Dir 'oci-layout') -Value '{"imageLayoutVersion":"1.0.0"}' -NoNewline
+        @{ schemaVersion = 2; manifests = @(@{ mediaType = 'application/vnd.oci.image.manifest.v1+json'; digest = $manifest.digest; size = $manifest.size }) } |
+            ConvertTo-Json -Depth 8 -Compress | Set-Content -LiteralPath (Join-Path $Dir 'index.json') -NoNewline
+        $Dir
+    }
+}
+
+Describe 'An OCI image whose config sets Env, in a <Runner> pod' -ForEach $runners {
+    BeforeAll {
+        if ($Skip) { return }
+        $layout = New-OciLayout (Join-Path $TestDrive "oci-$Runner") @('PATH=/opt/image/bin:/usr/bin:/bin', 'FROM_IMAGE=image', 'SHADOWED=image')
+        $script:img = Import-MelangeImage -Path $layout -Runner $Runner
+        $script:pod = $script:img | Start-MelangePod -Memory 1Gi -Environment @{ SHADOWED = 'pod' }
+    }
+    AfterAll {
+        if ($script:pod) { $script:pod | Stop-MelangePod }
+        if ($script:img) { $script:img | Remove-MelangeImage -Confirm:$false }
+    }
+
+    It 'shows the config''s Env on the ImageInfo' -Skip:$Skip {
+        $script:img.SourceKind | Should -Be 'oci-layout'
+        $script:img.Env | Should -Be @('PATH=/opt/image/bin:/usr/bin:/bin', 'FROM_IMAGE=image', 'SHADOWED=image')
+    }
+
+    It 'gives every step the image''s Env, under the pod''s and the call''s' -Skip:$Skip {
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'echo "$PATH|$FROM_IMAGE|$SHADOWED"' |
+            Should -Be '/opt/image/bin:/usr/bin:/bin|image|pod'
+        $script:pod | Invoke-MelangePod -Command sh, -c, 'echo "$FROM_IMAGE|$SHADOWED"' -Environment @{ FROM_IMAGE = 'call'; SHADOWED = 'call' } |
+            Should -Be 'call|call'
+    }
+}

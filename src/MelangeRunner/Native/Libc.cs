@@ -115,9 +115,21 @@ public static unsafe class Libc
             if (e is ENOENT or ENOTDIR) return null;
             throw Error("statx", path, e);
         }
-        return new FileStatus(((ulong)b.DevMajor << 32) | b.DevMinor, b.Ino, b.Mode, b.Uid, b.Gid, b.Nlink, (long)b.Size,
-            b.MtimeSec, b.MtimeNsec, b.RdevMajor, b.RdevMinor);
+        return ToStatus(b);
     }
+
+    /// <summary>fstat via statx(fd, "", AT_EMPTY_PATH): the file a descriptor (an O_PATH one too) refers to.</summary>
+    public static FileStatus FStat(int fd, string pathForErrors)
+    {
+        StatxBuf b;
+        if (statx_(fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &b) != 0) throw Error("statx", pathForErrors, Errno);
+        return ToStatus(b);
+    }
+
+    const int AT_EMPTY_PATH = 0x1000;
+
+    static FileStatus ToStatus(in StatxBuf b) =>
+        new(((ulong)b.DevMajor << 32) | b.DevMinor, b.Ino, b.Mode, b.Uid, b.Gid, b.Nlink, (long)b.Size, b.MtimeSec, b.MtimeNsec, b.RdevMajor, b.RdevMinor);
 
     /// <summary>Returns 0 or the errno.</summary>
     public static int LChown(string path, uint uid, uint gid) => lchown_(path, uid, gid) == 0 ? 0 : Errno;
@@ -134,7 +146,10 @@ public static unsafe class Libc
     public static int Mkdir(string path, uint mode) => mkdir_(path, mode & 0xFFF) == 0 ? 0 : Errno;
     public static uint Umask(uint mask) => umask_(mask);
 
-    const int O_WRONLY = 1, O_CREAT = 0x40, O_EXCL = 0x80, O_NOFOLLOW = 0x20000, O_CLOEXEC = 0x80000; // same values on x86_64 and aarch64
+    const int O_WRONLY = 1, O_CREAT = 0x40, O_EXCL = 0x80, O_CLOEXEC = 0x80000; // the same on x86_64 and aarch64
+
+    /// <summary>O_NOFOLLOW differs: 0400000 in asm-generic (x86_64), 0100000 on arm64.</summary>
+    internal static readonly int O_NOFOLLOW = RuntimeInformation.ProcessArchitecture is Architecture.Arm64 ? 0x8000 : 0x20000;
 
     /// <summary>
     /// Creates a new file for writing (O_CREAT|O_EXCL|O_NOFOLLOW: never opens an existing

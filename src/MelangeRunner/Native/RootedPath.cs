@@ -52,10 +52,7 @@ internal static unsafe class RootedPath
     public const int MaxDepth = 512;
 
     const int O_RDONLY = 0, O_NOCTTY = 0x100, O_CLOEXEC = 0x80000, O_PATH = 0x200000;
-    // O_NOFOLLOW differs: 0400000 in asm-generic (x86_64), 0100000 on arm64.
-    static readonly int O_NOFOLLOW = RuntimeInformation.ProcessArchitecture is Architecture.Arm64 ? 0x8000 : 0x20000;
-    const int AT_EMPTY_PATH = 0x1000;
-    const uint STATX_TYPE = 0x1, STATX_MODE = 0x2, STATX_INO = 0x100, STATX_SIZE = 0x200;
+    static readonly int O_NOFOLLOW = Libc.O_NOFOLLOW;
     const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
     const long SYS_openat2 = 437; // the same number on x86_64 and aarch64 (new syscalls share one table)
     const int EPERM = 1, ENOENT = 2, EINTR = 4, EAGAIN = 11, EACCES = 13, ENOTDIR = 20, EINVAL = 22, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, E2BIG = 7;
@@ -63,24 +60,12 @@ internal static unsafe class RootedPath
     [StructLayout(LayoutKind.Sequential)]
     struct OpenHow { public ulong Flags; public ulong Mode; public ulong Resolve; }
 
-    [StructLayout(LayoutKind.Explicit, Size = 256)]
-    struct StatxBuf
-    {
-        [FieldOffset(28)] public ushort Mode;
-        [FieldOffset(32)] public ulong Ino;
-        [FieldOffset(40)] public ulong Size;
-        [FieldOffset(136)] public uint DevMajor;
-        [FieldOffset(140)] public uint DevMinor;
-    }
-
     [DllImport("libc", EntryPoint = "syscall", SetLastError = true)]
     static extern long syscall_openat2(long number, int dirfd, byte* path, OpenHow* how, nuint size);
     [DllImport("libc", EntryPoint = "openat", SetLastError = true)]
     static extern int openat_(int dirfd, byte* path, int flags, uint mode);
     [DllImport("libc", EntryPoint = "readlinkat", SetLastError = true)]
     static extern nint readlinkat_(int dirfd, byte* path, byte* buf, nuint size);
-    [DllImport("libc", EntryPoint = "statx", SetLastError = true)]
-    static extern int statx_(int dirfd, byte* path, int flags, uint mask, StatxBuf* buf);
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
     static extern int close_(int fd);
 
@@ -262,14 +247,7 @@ internal static unsafe class RootedPath
         }
     }
 
-    static uint TypeOf(int fd, string what)
-    {
-        StatxBuf b;
-        byte empty = 0;
-        if (statx_(fd, &empty, AT_EMPTY_PATH, STATX_TYPE | STATX_MODE | STATX_INO | STATX_SIZE, &b) != 0)
-            throw Error("statx", what, Errno);
-        return b.Mode & FileStatus.TypeMask;
-    }
+    static uint TypeOf(int fd, string what) => Libc.FStat(fd, what).FileType;
 
     static byte[] ReadLink(int fd, string what)
     {

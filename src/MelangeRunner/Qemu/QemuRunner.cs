@@ -271,7 +271,7 @@ public sealed class QemuRunner : IRunner, IDebugger
             {
                 try { state.Qemu.Kill(entireProcessTree: true); } catch (InvalidOperationException) { }
             }
-            if (launch.KvmUsable && (state.ConsoleIsEmpty || state.KvmError.Task.IsCompleted))
+            if (launch.KvmUsable && (state.GuestSaidNothing || state.KvmError.Task.IsCompleted))
                 throw new KvmBootFailed(stalled ?? $"qemu exited with status {state.Qemu.ExitCode} before the guest said anything{QemuErrorSuffix()}");
             if (stalled is not null)
                 throw BootFailure(new MelangeException(ErrorKind.OperationTimeout, "VmStalled",
@@ -349,7 +349,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         {
             if (launch.KvmUsable && state.KvmError.Task.IsCompleted) return $"qemu reported \"{state.KvmError.Task.Result}\"";
             var quiet = state.GuestQuietFor;
-            if (launch.KvmUsable && state.ConsoleIsEmpty && quiet > KvmProgressBound) return $"the guest printed nothing in {KvmProgressBound.TotalSeconds:0} s";
+            if (launch.KvmUsable && state.GuestSaidNothing && quiet > KvmProgressBound) return $"the guest printed nothing in {KvmProgressBound.TotalSeconds:0} s";
             if (quiet > StallBound) return $"the guest console was silent for {StallBound.TotalSeconds:0} s";
             return null;
         }
@@ -361,7 +361,7 @@ public sealed class QemuRunner : IRunner, IDebugger
             // Let the console pump drain what the guest said before it died.
             if (state.Qemu.HasExited) state.Qemu.WaitForExit();
             // The console is a virtio port: a guest that cannot load virtio_console says nothing at all.
-            var fix = state.ConsoleIsEmpty
+            var fix = state.GuestSaidNothing
                 ? "The guest printed nothing, which happens when it cannot load its console driver (virtio_console): the initramfs lacks the booted kernel's modules. " +
                   $"Check QEMU_BASE_INITRAMFS (build it with New-MelangeInitramfs for this kernel) and that QEMU_KERNEL_MODULES matches the kernel {kernelVersionHint}."
                 : "Read the console lines above; -Verbose shows the whole boot. Check the kernel (QEMU_KERNEL_IMAGE) and that the image has /bin/sh.";
@@ -779,7 +779,7 @@ public sealed class QemuRunner : IRunner, IDebugger
             _qemuErrors.Enqueue(line);
             while (_qemuErrors.Count > 5) _qemuErrors.TryDequeue(out _);
             // "KVM internal error. Suberror: 1", "emulation failure", "failed to set MSR", "Could not access KVM kernel module".
-            if (line.Contains("KVM", StringComparison.Ordinal) || line.Contains("emulation failure", StringComparison.OrdinalIgnoreCase))
+            if (line.Contains("kvm", StringComparison.OrdinalIgnoreCase) || line.Contains("emulation failure", StringComparison.OrdinalIgnoreCase))
                 KvmError.TrySetResult(line.Trim());
             AddConsoleLine("qemu: " + line, fromGuest: false);
         }
@@ -797,15 +797,21 @@ public sealed class QemuRunner : IRunner, IDebugger
         /// <summary>Time since the guest's last console line (or since qemu started).</summary>
         public TimeSpan GuestQuietFor { get { lock (_sinceGuestOutput) return _sinceGuestOutput.Elapsed; } }
 
+        /// <summary>No console line came from the guest (qemu's own messages aside).</summary>
+        public bool GuestSaidNothing { get; private set; } = true;
+
         public void AddConsoleLine(string line, bool fromGuest = true)
         {
-            if (fromGuest) RestartQuietClock();
+            if (fromGuest)
+            {
+                GuestSaidNothing = false;
+                RestartQuietClock();
+            }
             _console.Enqueue(line);
             while (_console.Count > ConsoleLinesKept) _console.TryDequeue(out _);
             ConsoleSink?.Verbose("console: " + line);
         }
 
-        public bool ConsoleIsEmpty => _console.IsEmpty;
 
         public string ConsoleTail() => _console.IsEmpty ? "  (nothing)" : string.Join(Environment.NewLine, _console.Select(l => "  " + l));
     }

@@ -115,9 +115,10 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
             display = ShellQuote.Join(ArgumentList);
             return ArgumentList;
         }
-        // One string is a shell line, as melange runs a pipeline step's runs: even a plain
-        // word (`true`), so that the rule has no exceptions to remember.
-        if (Command.Length == 1)
+        // One string is a shell line, as melange runs a pipeline step's runs. A lone plain word
+        // (`true`, `/usr/bin/id`) is run directly: the shell would only exec it, and -Verbose
+        // then shows the command itself.
+        if (Command.Length == 1 && !PlainWord().IsMatch(Command[0]))
         {
             display = Command[0];
             return new[] { "/bin/sh", "-c", Command[0] };
@@ -167,6 +168,10 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
 
     private static string WordsOf(CommandAst command) =>
         string.Join(' ', command.CommandElements.Skip(1).Select(e => e.Extent.Text));
+
+    private static System.Text.RegularExpressions.Regex PlainWord() => PlainWordPattern;
+
+    private static readonly System.Text.RegularExpressions.Regex PlainWordPattern = new(@"^[A-Za-z0-9_./:@%+,=-]+$", System.Text.RegularExpressions.RegexOptions.CultureInvariant);
 
     private bool VerboseEnabled()
     {

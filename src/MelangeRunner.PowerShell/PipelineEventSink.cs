@@ -36,7 +36,8 @@ internal sealed class PipelineEventSink : IEventSink, IDisposable
         new HostInformationMessage { Message = line, NoNewLine = false }, new[] { "PSHOST", "stderr" }));
 
     // Late events (a background thread still talking after the cmdlet ended) are dropped.
-    private void Post(Action write)
+    // Internal so that a cmdlet can add its own writes in order with the engine's (AzurePipelines).
+    internal void Post(Action write)
     {
         try { _queue.Add(write); }
         catch (ObjectDisposedException) { /* the cmdlet has ended */ }

@@ -80,38 +80,7 @@ public sealed class StartMelangePodCommand : PodLaunchCmdlet
     }
 }
 
-/// <summary>Invoke-MelangePod: runs a command in the pod and streams its output.</summary>
-[Cmdlet(VerbsLifecycle.Invoke, "MelangePod")]
-[OutputType(typeof(string))]
-public sealed class InvokeMelangePodCommand : MelangeCmdlet
-{
-    [Parameter(Mandatory = true, ValueFromPipeline = true)]
-    public Pod Pod { get; set; } = null!;
-
-    [Parameter(Mandatory = true, Position = 0, ValueFromRemainingArguments = true)]
-    public string[] Command { get; set; } = Array.Empty<string>();
-
-    /// <summary>Variables for this command only, set over the pod's environment.</summary>
-    [Parameter]
-    public IDictionary? Environment { get; set; }
-
-    protected override void ProcessRecord()
-    {
-        var env = PodCommandHelpers.ToDictionary(Environment);
-        int exitCode;
-        try
-        {
-            exitCode = RunEngine((events, ct) => Pod.RunAsync(env, Command, events, ct));
-        }
-        catch (Exception e) when (IsReportable(e))
-        {
-            ThrowEngineError(e, Pod);
-            return;
-        }
-        PodCommandHelpers.SetLastExitCode(this, exitCode);
-        if (exitCode != 0) WriteEngineError(new CommandFailedException(exitCode, Command), Pod);
-    }
-}
+// Invoke-MelangePod lives in InvokeCommands.cs.
 
 /// <summary>Enter-MelangePod: an interactive shell (or command) in the pod, on this terminal.</summary>
 [Cmdlet(VerbsCommon.Enter, "MelangePod")]

@@ -95,6 +95,30 @@ public sealed class Pod : IDisposable
     public Task<int> RunAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken) =>
         RunnerImplementation.RunAsync(this, environment, command, events, cancellationToken);
 
+    /// <summary>
+    /// <see cref="RunAsync(IReadOnlyDictionary{string, string}?, IReadOnlyList{string}, IEventSink, CancellationToken)"/>
+    /// bounded by <paramref name="timeout"/> (zero or less: none). Past it the step is cancelled as
+    /// Ctrl+C cancels it (bubblewrap: the sandbox's process tree is killed; qemu: the remote
+    /// process group gets SIGTERM, then SIGKILL), so the pod stays usable, and the call fails
+    /// with CommandTimedOut. This is per call; <see cref="PodConfig.Timeout"/> bounds the pod.
+    /// </summary>
+    public async Task<int> RunAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, TimeSpan timeout, IEventSink events, CancellationToken cancellationToken)
+    {
+        if (timeout <= TimeSpan.Zero) return await RunAsync(environment, command, events, cancellationToken).ConfigureAwait(false);
+        using var limit = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
+        limit.CancelAfter(timeout);
+        try
+        {
+            return await RunnerImplementation.RunAsync(this, environment, command, events, limit.Token).ConfigureAwait(false);
+        }
+        catch (OperationCanceledException e) when (limit.IsCancellationRequested && !cancellationToken.IsCancellationRequested)
+        {
+            throw new MelangeException(ErrorKind.OperationTimeout, "CommandTimedOut",
+                $"The command '{string.Join(' ', command)}' ran past its time limit of {timeout} and was ended.",
+                "Raise -Timeout, or make the step do less.", Id, e);
+        }
+    }
+
     /// <summary>melange's Debug: an interactive command on the caller's terminal.</summary>
     public Task<int> DebugAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken) =>
         RunnerImplementation is IDebugger debugger

@@ -107,3 +107,35 @@ function Wait-Until {
         Start-Sleep -Milliseconds 100
     }
 }
+
+# Runs a script file in another pwsh (-File, as an Azure Pipelines pwsh step does) with extra
+# environment variables ($null removes one), and returns its exit code and its standard output
+# exactly as written (bytes decoded as UTF-8, line endings kept).
+function Invoke-ChildPwshFile {
+    param([Parameter(Mandatory)][string]$Script, [hashtable]$Environment = @{}, [string[]]$ArgumentList = @())
+    $file = Join-Path ([IO.Path]::GetTempPath()) "melange-child-$PID-$([guid]::NewGuid().ToString('n')).ps1"
+    Set-Content -LiteralPath $file -Value $Script
+    try {
+        $host_ = [Environment]::ProcessPath
+        $start = [Diagnostics.ProcessStartInfo]::new($host_)
+        if ([IO.Path]::GetFileName($host_) -eq 'dotnet') { $start.ArgumentList.Add((Join-Path $PSHOME 'pwsh.dll')) }
+        foreach ($a in @('-NoProfile', '-NonInteractive', '-File', $file) + $ArgumentList) { $start.ArgumentList.Add($a) }
+        $start.RedirectStandardOutput = $true
+        $start.RedirectStandardError = $true
+        $start.UseShellExecute = $false
+        $start.Environment['NO_COLOR'] = '1'
+        foreach ($name in 'TF_BUILD', 'MELANGE_AZURE_PIPELINES') { $null = $start.Environment.Remove($name) }
+        foreach ($k in $Environment.Keys) {
+            if ($null -eq $Environment[$k]) { $null = $start.Environment.Remove($k) } else { $start.Environment[$k] = $Environment[$k] }
+        }
+        $p = [Diagnostics.Process]::Start($start)
+        $stderr = $p.StandardError.ReadToEndAsync()
+        $stdout = $p.StandardOutput.BaseStream
+        $buffer = [IO.MemoryStream]::new()
+        $stdout.CopyTo($buffer)
+        $p.WaitForExit()
+        [pscustomobject]@{ ExitCode = $p.ExitCode; StdOut = [Text.Encoding]::UTF8.GetString($buffer.ToArray()); StdErr = $stderr.Result }
+    } finally {
+        Remove-Item -LiteralPath $file -ErrorAction Ignore
+    }
+}

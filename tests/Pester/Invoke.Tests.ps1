@@ -1,0 +1,85 @@
+# Invoke-MelangePod's command forms and -Timeout, on both runners.
+BeforeDiscovery {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+    $runners = @(
+        @{ Runner = 'bubblewrap'; Skip = -not (Get-Command bwrap -ErrorAction Ignore) }
+        @{ Runner = 'qemu'; Skip = -not (Test-MelangeRunner -Name qemu) }
+    )
+}
+
+BeforeAll {
+    . (Join-Path $PSScriptRoot 'Common.ps1')
+}
+
+Describe 'Invoke-MelangePod on <Runner>' -ForEach $runners {
+    BeforeAll {
+        if ($Skip) { return }
+        $script:img = Import-MelangeImage -Path (Get-TestRootfs) -Runner $Runner
+        $script:pod = $script:img | Start-MelangePod -Memory 1Gi -Environment @{ GREETING = 'hello' }
+    }
+    AfterAll {
+        if ($script:pod) { $script:pod | Stop-MelangePod }
+        if ($script:img) { $script:img | Remove-MelangeImage -Confirm:$false }
+    }
+
+    It 'runs one string through /bin/sh -c' -Skip:$Skip {
+        $script:pod | Invoke-MelangePod 'echo one && echo "$0" | tr a-z A-Z' | Should -Be @('one', '/BIN/SH')
+        $LASTEXITCODE | Should -Be 0
+        $script:pod | Invoke-MelangePod -Command 'exit 4' -ErrorAction SilentlyContinue
+        $LASTEXITCODE | Should -Be 4
+    }
+
+    It 'takes the pod at position 0' -Skip:$Skip {
+        Invoke-MelangePod $script:pod 'uname -s' | Should -Be 'Linux'
+        Invoke-MelangePod $script:pod uname -s | Should -Be 'Linux'
+    }
+
+    It 'passes every word after -- to the command, -v, -e, -i and -c included' -Skip:$Skip {
+        $script:pod | Invoke-MelangePod -- ls -v / | Should -Contain 'bin'
+        Invoke-MelangePod $script:pod -- grep -e root /etc/passwd | Should -Match '^root:'
+        $script:pod | Invoke-MelangePod -- env -i /bin/sh -c 'echo "[$GREETING]"' | Should -Be '[]'
+        $script:pod | Invoke-MelangePod -- sh -c 'echo hi' | Should -Be 'hi'
+    }
+
+    It 'runs -ArgumentList without a shell, even as one word' -Skip:$Skip {
+        $script:pod | Invoke-MelangePod -ArgumentList echo, '$GREETING', '-v' | Should -Be '$GREETING -v'
+        $script:pod | Invoke-MelangePod -ArgumentList 'echo a && echo b' -ErrorAction SilentlyContinue -ErrorVariable failed | Should -BeNullOrEmpty
+        $failed[0].FullyQualifiedErrorId | Should -BeLike 'CommandFailed,*'
+    }
+
+    It 'refuses a word that PowerShell would take as its own parameter, instead of running another command' -Skip:$Skip {
+        { $script:pod | Invoke-MelangePod ls -v / } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
+        { $script:pod | Invoke-MelangePod ls -l / } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
+        # Full names and PowerShell's aliases after the command stay PowerShell's.
+        $script:pod | Invoke-MelangePod 'echo ok' -ErrorAction Stop -vb 4>$null | Should -Be 'ok'
+    }
+
+    It 'ends a command that runs past -Timeout, with its process tree, and the pod stays usable' -Skip:$Skip {
+        $marker = "mrtimeout$([guid]::NewGuid().ToString('n').Substring(0, 8))"
+        $watch = [Diagnostics.Stopwatch]::StartNew()
+        $out = $script:pod | Invoke-MelangePod -Timeout 2 "echo started; sleep 60 & sleep 61; : $marker" -ErrorAction SilentlyContinue -ErrorVariable timedOut
+        $elapsed = $watch.Elapsed.TotalSeconds
+        $out | Should -Be 'started'
+        $timedOut.Count | Should -Be 1
+        $timedOut[0].FullyQualifiedErrorId | Should -BeLike 'CommandTimedOut,*'
+        $timedOut[0].CategoryInfo.Category | Should -Be 'OperationTimeout'
+        $timedOut[0].Exception.Message | Should -Match '00:00:02'
+        $timedOut[0].TargetObject | Should -Be $script:pod
+        $LASTEXITCODE | Should -Be 124
+        $elapsed | Should -BeGreaterOrEqual 2
+        $elapsed | Should -BeLessThan 4.5
+        if ($Runner -eq 'bubblewrap') {
+            Wait-Until { -not (Get-ProcessByMarker $marker) } -TimeoutSeconds 5 -Because 'the sandbox tree to be gone'
+        }
+        # Nothing of the step is left in the pod (the background sleep 60 included), and the next command runs.
+        Wait-Until { -not ($script:pod | Invoke-MelangePod 'ps -o args 2>/dev/null || ps' | Where-Object { $_ -match 'sleep 6[01]' }) } -TimeoutSeconds 8 -Because 'the step''s processes to end'
+        $script:pod | Invoke-MelangePod 'echo again' | Should -Be 'again'
+    }
+
+    It 'takes -Timeout as a TimeSpan and lets a quick command finish' -Skip:$Skip {
+        $script:pod | Invoke-MelangePod -Timeout ([TimeSpan]::FromSeconds(30)) 'echo quick' | Should -Be 'quick'
+        $LASTEXITCODE | Should -Be 0
+        { $script:pod | Invoke-MelangePod -Timeout '00:00:01' 'sleep 10' -ErrorAction Stop } | Should -Throw -ErrorId 'CommandTimedOut,*'
+        { $script:pod | Invoke-MelangePod -Timeout -1 'true' } | Should -Throw -ErrorId 'InvalidTimeout,*'
+    }
+}

@@ -16,12 +16,6 @@ BeforeAll {
             ForEach-Object FullName
     }
 
-    function Get-ChildQemu {
-        Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | Where-Object {
-            $stat = Get-Content -LiteralPath "/proc/$($_.Name)/stat" -Raw -ErrorAction Ignore
-            $stat -and $stat -match '\(qemu-system-[^)]*\) \S+ (\d+) ' -and [int]$Matches[1] -eq $PID
-        } | ForEach-Object { [int]$_.Name }
-    }
 
     function Test-ProcessAlive([int]$Id) { Test-Path "/proc/$Id" }
 

@@ -139,3 +139,12 @@ function Invoke-ChildPwshFile {
         Remove-Item -LiteralPath $file -ErrorAction Ignore
     }
 }
+
+# The qemu processes this pwsh started (its children), so that a test counts its own pods' VMs
+# and not every qemu on the host.
+function Get-ChildQemu {
+    Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | Where-Object {
+        $stat = Get-Content -LiteralPath "/proc/$($_.Name)/stat" -Raw -ErrorAction Ignore
+        $stat -and $stat -match '\(qemu-system-[^)]*\) \S+ (\d+) ' -and [int]$Matches[1] -eq $PID
+    } | ForEach-Object { [int]$_.Name }
+}

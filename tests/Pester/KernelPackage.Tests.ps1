@@ -25,12 +25,6 @@ BeforeAll {
     }
 
     # qemu processes this PowerShell started (qemu runs under setsid, still our child).
-    function Get-ChildQemu {
-        Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | ForEach-Object {
-            $stat = Get-Content -LiteralPath "/proc/$($_.Name)/stat" -Raw -ErrorAction Ignore
-            if ($stat -match '^\d+ \((qemu-system[^)]*)\) \S (\d+) ' -and [int]$Matches[2] -eq $PID) { [int]$_.Name }
-        }
-    }
 
     # Starts a pod with the two variables set (and $Also), restoring them all afterwards; returns
     # the pod (or the error) and the engine's Verbose messages.

@@ -208,7 +208,7 @@ Describe 'A qemu VM whose SSH server presents another host key' -Skip:$noQemu {
         $LASTEXITCODE | Should -Be 0
         $env:QEMU_BASE_INITRAMFS = Join-Path $dir 'impostor.cpio'
 
-        $qemuBefore = @(Get-Process qemu-system-* -ErrorAction Ignore).Id
+        $qemuBefore = @(Get-ChildQemu)
         $tempBefore = @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -ErrorAction Ignore).Name
         $err = $null
         try {
@@ -220,7 +220,7 @@ Describe 'A qemu VM whose SSH server presents another host key' -Skip:$noQemu {
         $err.FullyQualifiedErrorId | Should -BeLike "HostKeyMismatch,*" -Because $err.Exception.Message
         $err.Exception.Message | Should -Match 'host key'
         $err.CategoryInfo.Category | Should -Be 'SecurityError'
-        @(Get-Process qemu-system-* -ErrorAction Ignore).Id | Where-Object { $_ -notin $qemuBefore } | Should -BeNullOrEmpty
+        @(Get-ChildQemu) | Where-Object { $_ -notin $qemuBefore } | Should -BeNullOrEmpty
         @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-*' -ErrorAction Ignore).Name | Where-Object { $_ -notin $tempBefore } |
             Should -BeNullOrEmpty -Because 'the disk, the initramfs copy and the workspace are removed'
     }
@@ -244,7 +244,7 @@ Describe 'A qemu VM whose init fails after its SSH server started' -Skip:$noQemu
 
 Describe 'A qemu pod for a -RunAs user that the image lacks' -Skip:$noQemu {
     It 'fails to start, naming the user, and leaves no VM behind' {
-        $qemuBefore = @(Get-Process qemu-system-* -ErrorAction Ignore).Id
+        $qemuBefore = @(Get-ChildQemu)
         $err = $null
         try {
             $script:img | Start-MelangePod -RunAs nosuchuser -Memory 512Mi -Cpu 1 -ErrorAction Stop | Stop-MelangePod
@@ -254,7 +254,7 @@ Describe 'A qemu pod for a -RunAs user that the image lacks' -Skip:$noQemu {
         $err.FullyQualifiedErrorId | Should -BeLike 'SshLoginFailed,*' -Because "$err"
         $err.Exception.Message | Should -Match "'nosuchuser'"
         $err.ErrorDetails.RecommendedAction | Should -Match 'nosuchuser.*/bin/sh'
-        @(Get-Process qemu-system-* -ErrorAction Ignore).Id | Where-Object { $_ -notin $qemuBefore } | Should -BeNullOrEmpty
+        @(Get-ChildQemu) | Where-Object { $_ -notin $qemuBefore } | Should -BeNullOrEmpty
     }
 }
 

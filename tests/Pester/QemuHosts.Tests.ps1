@@ -18,12 +18,6 @@ BeforeAll {
         try { & $Script } finally { foreach ($k in $saved.Keys) { [Environment]::SetEnvironmentVariable($k, $saved[$k]) } }
     }
 
-    function Get-ChildQemu {
-        Get-ChildItem /proc -Directory | Where-Object Name -Match '^\d+$' | Where-Object {
-            $stat = Get-Content -LiteralPath "/proc/$($_.Name)/stat" -Raw -ErrorAction Ignore
-            $stat -and $stat -match '\(qemu-system-[^)]*\) \S+ (\d+) ' -and [int]$Matches[1] -eq $PID
-        } | ForEach-Object { [int]$_.Name }
-    }
 }
 
 AfterAll {

@@ -24,14 +24,25 @@
         'Stop-MelangePod'
         'New-MelangeInitramfs'
         'Get-MelangeMicrovmConfig'
+        'Get-MelangePod'
+        'Get-MelangeImage'
     )
     FunctionsToExport    = @()
     AliasesToExport      = @()
     VariablesToExport    = @()
     PrivateData          = @{
         PSData = @{
-            Tags       = @('melange', 'bubblewrap', 'qemu', 'apk', 'build', 'sandbox', 'Linux')
-            LicenseUri = 'https://www.apache.org/licenses/LICENSE-2.0'
+            Tags         = @('melange', 'bubblewrap', 'qemu', 'apk', 'build', 'sandbox', 'Linux')
+            LicenseUri   = 'https://www.apache.org/licenses/LICENSE-2.0'
+            # The same address as Links.Project in src/MelangeRunner.PowerShell/Links.cs (the cmdlets' HelpUri); Help.Tests.ps1 checks it.
+            ProjectUri   = 'https://github.com/melange-runner/MelangeRunner'
+            ReleaseNotes = @'
+0.1.0
+- Get-MelangePod lists the pods of the session; Get-MelangeImage lists imported images, including those an earlier session left on disk (Get-MelangeImage | Remove-MelangeImage cleans up).
+- Sizes take PowerShell numbers (-Memory 4GB); positional binding (Start-MelangePod $img, Stop-MelangePod $pod, Export-MelangeWorkspace $pod ./out); Stop-MelangePod -PassThru; wildcards on Get-MelangeRunner -Name and Get-MelangePod -Id; Import-MelangeImage -Path expands wildcards, -LiteralPath does not.
+- Tab completion for -Arch, -CapAdd/-CapDrop, -RunAs (the image's users), -Memory/-Disk, pod ids and -Pod.
+- Get-Help about_MelangeRunner; HelpUri on every cmdlet.
+'@
         }
     }
 }

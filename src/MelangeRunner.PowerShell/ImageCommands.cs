@@ -4,20 +4,30 @@ using MelangeRunner.Images;
 namespace MelangeRunner.PowerShell;
 
 /// <summary>Import-MelangeImage: unpacks a layer tar, OCI layout or image archive for a runner.</summary>
-[Cmdlet(VerbsData.Import, "MelangeImage")]
+[Cmdlet(VerbsData.Import, "MelangeImage", DefaultParameterSetName = PathSet, HelpUri = Links.Cmdlets + "Import-MelangeImage.md")]
 [OutputType(typeof(ImageInfo))]
 public sealed class ImportMelangeImageCommand : MelangeCmdlet
 {
-    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
-    [Alias("FullName", "PSPath", "LiteralPath")]
+    private const string PathSet = "Path";
+    private const string LiteralPathSet = "LiteralPath";
+
+    /// <summary>Paths with wildcards, as PowerShell's own -Path: each match is imported.</summary>
+    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ParameterSetName = PathSet)]
+    [SupportsWildcards]
     public string[] Path { get; set; } = Array.Empty<string>();
 
-    [Parameter(Mandatory = true)]
+    /// <summary>Paths taken as written; bound by property name from Get-ChildItem (PSPath, FullName).</summary>
+    [Parameter(Mandatory = true, ValueFromPipelineByPropertyName = true, ParameterSetName = LiteralPathSet)]
+    [Alias("PSPath", "FullName", "LP")]
+    public string[] LiteralPath { get; set; } = Array.Empty<string>();
+
+    [Parameter(Mandatory = true, Position = 1)]
     [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
     public string Runner { get; set; } = "";
 
     /// <summary>The architecture to pick from a multi-platform image; default the host's.</summary>
     [Parameter]
+    [ArgumentCompleter(typeof(ArchCompleter))]
     public string? Arch { get; set; }
 
     /// <summary>
@@ -26,6 +36,8 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
     /// </summary>
     [Parameter]
     [ValidateNotNullOrEmpty]
+    [SizeTransformation]
+    [ArgumentCompleter(typeof(SizeCompleter))]
     public string? MaximumSize { get; set; }
 
     protected override void BeginProcessing()
@@ -45,6 +57,42 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
 
     ImageImportOptions _options = ImageImportOptions.Default;
 
+    /// <summary>
+    /// The host paths to import: -LiteralPath as written; -Path with wildcards expanded (a pattern
+    /// that matches nothing is an error, a plain path goes to the importer, which names what is missing).
+    /// </summary>
+    private IEnumerable<string> ResolvePaths()
+    {
+        if (ParameterSetName == LiteralPathSet)
+        {
+            foreach (var p in LiteralPath) yield return HostPath(p);
+            yield break;
+        }
+        foreach (var p in Path)
+        {
+            if (!WildcardPattern.ContainsWildcardCharacters(p))
+            {
+                yield return HostPath(p);
+                continue;
+            }
+            List<string> matches;
+            try
+            {
+                matches = SessionState.Path.GetResolvedProviderPathFromPSPath(p, out var provider).Order(StringComparer.Ordinal).ToList();
+                if (provider.Name != "FileSystem") matches.Clear();
+            }
+            catch (ItemNotFoundException)
+            {
+                matches = new List<string>();
+            }
+            if (matches.Count == 0)
+                WriteEngineError(new MelangeException(ErrorKind.ObjectNotFound, "ImagePathNotMatched",
+                    $"No file matches the path '{p}'.",
+                    "Check the pattern with Get-ChildItem; use -LiteralPath for a name that contains [ ] * or ?.", p), p);
+            foreach (var m in matches) yield return m;
+        }
+    }
+
     /// <summary>A PowerShell number arrives as its digits (bytes); anything else is a melange size string.</summary>
     static long ParseSize(string value) =>
         long.TryParse(value.Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long bytes)
@@ -54,9 +102,8 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
     {
         var loader = RunnerRegistry.Get(Runner).ImageLoader;
         var options = _options;
-        foreach (var p in Path)
+        foreach (var path in ResolvePaths())
         {
-            var path = HostPath(p);
             try
             {
                 // The loaders take no options; an AsyncLocal set inside this async lambda reaches the import and ends with it.
@@ -77,7 +124,7 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
 }
 
 /// <summary>Remove-MelangeImage: deletes what Import-MelangeImage unpacked.</summary>
-[Cmdlet(VerbsCommon.Remove, "MelangeImage", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Medium)]
+[Cmdlet(VerbsCommon.Remove, "MelangeImage", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Medium, HelpUri = Links.Cmdlets + "Remove-MelangeImage.md")]
 public sealed class RemoveMelangeImageCommand : MelangeCmdlet
 {
     [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]

@@ -4,7 +4,7 @@ using MelangeRunner.Qemu.Initramfs;
 namespace MelangeRunner.PowerShell;
 
 /// <summary>New-MelangeInitramfs: melange's GenerateBaseInitramfs, from the host's programs.</summary>
-[Cmdlet(VerbsCommon.New, "MelangeInitramfs")]
+[Cmdlet(VerbsCommon.New, "MelangeInitramfs", HelpUri = Links.Cmdlets + "New-MelangeInitramfs.md")]
 [OutputType(typeof(FileInfo))]
 public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
 {
@@ -19,6 +19,7 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
 
     /// <summary>The architecture (x86_64 or aarch64); it must be the host's. Default: the host's.</summary>
     [Parameter]
+    [ArgumentCompleter(typeof(ArchCompleter))]
     public string? Arch { get; set; }
 
     /// <summary>The init package; only the built-in melange-runner-init exists.</summary>
@@ -78,7 +79,7 @@ public sealed class NewMelangeInitramfsCommand : MelangeCmdlet
 }
 
 /// <summary>Get-MelangeMicrovmConfig: melange's DefaultMicrovmConfig.</summary>
-[Cmdlet(VerbsCommon.Get, "MelangeMicrovmConfig")]
+[Cmdlet(VerbsCommon.Get, "MelangeMicrovmConfig", HelpUri = Links.Cmdlets + "Get-MelangeMicrovmConfig.md")]
 [OutputType(typeof(MicrovmConfig))]
 public sealed class GetMelangeMicrovmConfigCommand : PSCmdlet
 {

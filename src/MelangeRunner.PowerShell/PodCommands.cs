@@ -4,7 +4,7 @@ using System.Management.Automation;
 namespace MelangeRunner.PowerShell;
 
 /// <summary>New-MelangePodConfig: a config object from the field parameters.</summary>
-[Cmdlet(VerbsCommon.New, "MelangePodConfig")]
+[Cmdlet(VerbsCommon.New, "MelangePodConfig", HelpUri = Links.Cmdlets + "New-MelangePodConfig.md")]
 [OutputType(typeof(PodConfig))]
 public sealed class NewMelangePodConfigCommand : PodConfigCmdlet
 {
@@ -21,7 +21,7 @@ public abstract class PodLaunchCmdlet : PodConfigCmdlet
     [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
     public string? Runner { get; set; }
 
-    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]
     public ImageInfo Image { get; set; } = null!;
 
     [Parameter]
@@ -29,7 +29,7 @@ public abstract class PodLaunchCmdlet : PodConfigCmdlet
 }
 
 /// <summary>Get-MelangePodPlan: the process that Start-MelangePod would run, without running it.</summary>
-[Cmdlet(VerbsCommon.Get, "MelangePodPlan")]
+[Cmdlet(VerbsCommon.Get, "MelangePodPlan", HelpUri = Links.Cmdlets + "Get-MelangePodPlan.md")]
 [OutputType(typeof(PodPlan))]
 public sealed class GetMelangePodPlanCommand : PodLaunchCmdlet
 {
@@ -50,7 +50,7 @@ public sealed class GetMelangePodPlanCommand : PodLaunchCmdlet
 }
 
 /// <summary>Start-MelangePod: starts a pod from an imported image.</summary>
-[Cmdlet(VerbsLifecycle.Start, "MelangePod")]
+[Cmdlet(VerbsLifecycle.Start, "MelangePod", HelpUri = Links.Cmdlets + "Start-MelangePod.md")]
 [OutputType(typeof(Pod))]
 public sealed class StartMelangePodCommand : PodLaunchCmdlet
 {
@@ -111,18 +111,26 @@ public sealed class EnterMelangePodCommand : MelangeCmdlet
 }
 
 /// <summary>Export-MelangeWorkspace: copies melange-out (and extra and license files) out of the pod.</summary>
-[Cmdlet(VerbsData.Export, "MelangeWorkspace", DefaultParameterSetName = DirectorySet)]
-[OutputType(typeof(DirectoryInfo), ParameterSetName = new[] { DirectorySet })]
+[Cmdlet(VerbsData.Export, "MelangeWorkspace", DefaultParameterSetName = DirectorySet, HelpUri = Links.Cmdlets + "Export-MelangeWorkspace.md")]
+[OutputType(typeof(DirectoryInfo), ParameterSetName = new[] { DirectorySet, PodDirectorySet })]
 [OutputType(typeof(FileInfo), ParameterSetName = new[] { TarSet })]
 public sealed class ExportMelangeWorkspaceCommand : MelangeCmdlet
 {
     private const string DirectorySet = "Directory";
+    private const string PodDirectorySet = "PodDirectory";
     private const string TarSet = "Tar";
 
-    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    // Two directory sets so that both `$pod | Export-MelangeWorkspace ./out` (the destination at
+    // position 0) and `Export-MelangeWorkspace $pod ./out` (the pod first) bind: one set cannot
+    // put the pod at position 0 without taking a piped call's ./out as the pod.
+    [Parameter(Mandatory = true, ValueFromPipeline = true, ParameterSetName = DirectorySet)]
+    [Parameter(Mandatory = true, Position = 0, ParameterSetName = PodDirectorySet)]
+    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ParameterSetName = TarSet)]
+    [ArgumentCompleter(typeof(PodCompleter))]
     public Pod Pod { get; set; } = null!;
 
     [Parameter(Mandatory = true, Position = 0, ParameterSetName = DirectorySet)]
+    [Parameter(Mandatory = true, Position = 1, ParameterSetName = PodDirectorySet)]
     public string Destination { get; set; } = "";
 
     [Parameter(Mandatory = true, ParameterSetName = TarSet)]
@@ -148,11 +156,12 @@ public sealed class ExportMelangeWorkspaceCommand : MelangeCmdlet
 }
 
 /// <summary>Get-MelangeReleaseData: the pod's /etc/os-release.</summary>
-[Cmdlet(VerbsCommon.Get, "MelangeReleaseData")]
+[Cmdlet(VerbsCommon.Get, "MelangeReleaseData", HelpUri = Links.Cmdlets + "Get-MelangeReleaseData.md")]
 [OutputType(typeof(ReleaseData))]
 public sealed class GetMelangeReleaseDataCommand : MelangeCmdlet
 {
-    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]
+    [ArgumentCompleter(typeof(PodCompleter))]
     public Pod Pod { get; set; } = null!;
 
     protected override void ProcessRecord()
@@ -162,11 +171,17 @@ public sealed class GetMelangeReleaseDataCommand : MelangeCmdlet
 }
 
 /// <summary>Stop-MelangePod: stops the pod and removes what it left on the host.</summary>
-[Cmdlet(VerbsLifecycle.Stop, "MelangePod", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low)]
+[Cmdlet(VerbsLifecycle.Stop, "MelangePod", SupportsShouldProcess = true, ConfirmImpact = ConfirmImpact.Low, HelpUri = Links.Cmdlets + "Stop-MelangePod.md")]
+[OutputType(typeof(Pod))]
 public sealed class StopMelangePodCommand : MelangeCmdlet
 {
-    [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]
+    [ArgumentCompleter(typeof(PodCompleter))]
     public Pod[] Pod { get; set; } = Array.Empty<Pod>();
+
+    /// <summary>Writes each pod after stopping it (State Stopped), as Stop-Process -PassThru does.</summary>
+    [Parameter]
+    public SwitchParameter PassThru { get; set; }
 
     protected override void ProcessRecord()
     {
@@ -185,6 +200,7 @@ public sealed class StopMelangePodCommand : MelangeCmdlet
             {
                 PodTracker.Remove(pod);
             }
+            if (PassThru) WriteObject(pod);
         }
     }
 }

@@ -27,9 +27,11 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
     public SwitchParameter Networking { get; set; }
 
     [Parameter]
+    [ArgumentCompleter(typeof(CapabilityCompleter))]
     public string[]? CapAdd { get; set; }
 
     [Parameter]
+    [ArgumentCompleter(typeof(CapabilityCompleter))]
     public string[]? CapDrop { get; set; }
 
     [Parameter]
@@ -38,7 +40,9 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
     [Parameter]
     public string? RunAsGid { get; set; }
 
+    /// <summary>A user name of the image's /etc/passwd (completed from it once -Image is bound) or a uid.</summary>
     [Parameter]
+    [ArgumentCompleter(typeof(RunAsCompleter))]
     public string? RunAs { get; set; }
 
     [Parameter]
@@ -48,10 +52,15 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
     [Parameter]
     public string? CpuModel { get; set; }
 
+    /// <summary>A melange size string (4Gi) or a PowerShell number of bytes (4GB).</summary>
     [Parameter]
+    [SizeTransformation]
+    [ArgumentCompleter(typeof(SizeCompleter))]
     public string? Memory { get; set; }
 
     [Parameter]
+    [SizeTransformation]
+    [ArgumentCompleter(typeof(SizeCompleter))]
     public string? Disk { get; set; }
 
     [Parameter]
@@ -61,6 +70,7 @@ public abstract class PodConfigCmdlet : MelangeCmdlet
     public TimeSpan Timeout { get; set; }
 
     [Parameter]
+    [ArgumentCompleter(typeof(ArchCompleter))]
     public string? Arch { get; set; }
 
     /// <summary>qemu: auto (KVM where it really runs guests, else TCG), kvm or tcg.</summary>

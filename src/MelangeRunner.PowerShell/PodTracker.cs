@@ -41,10 +41,24 @@ internal static class PodTracker
         foreach (var pods in PodsByRunspace.Values) pods.TryRemove(pod.Id, out _);
     }
 
-    /// <summary>The live pods (of any runspace) started from <paramref name="image"/>.</summary>
-    public static IReadOnlyList<Pod> RunningPodsOf(ImageInfo image) =>
-        PodsByRunspace.Values.SelectMany(p => p.Values)
-            .Where(p => p.ImageRef == image.Ref && p.State is PodState.Running or PodState.Starting).ToList();
+    /// <summary>
+    /// The live pods (of any runspace) started from <paramref name="image"/>. Refs are compared as
+    /// full paths: the same image may come from Import-MelangeImage or from Get-MelangeImage.
+    /// </summary>
+    public static IReadOnlyList<Pod> RunningPodsOf(ImageInfo image)
+    {
+        var target = FullPath(image.Ref);
+        return PodsByRunspace.Values.SelectMany(p => p.Values)
+            .Where(p => FullPath(p.ImageRef) == target && p.State is PodState.Running or PodState.Starting).ToList();
+    }
+
+    private static string FullPath(string path) => Path.TrimEndingDirectorySeparator(Path.GetFullPath(path));
+
+    /// <summary>The pods started in the current runspace (Get-MelangePod), in the order they started.</summary>
+    public static IReadOnlyList<Pod> InCurrentRunspace() =>
+        PodsByRunspace.TryGetValue(Runspace.DefaultRunspace?.InstanceId ?? Guid.Empty, out var pods)
+            ? pods.Values.OrderBy(p => p.StartedAt ?? DateTimeOffset.MaxValue).ThenBy(p => p.Id, StringComparer.Ordinal).ToList()
+            : Array.Empty<Pod>();
 
     public static void StopAllInCurrentRunspace() => StopAll(Runspace.DefaultRunspace?.InstanceId ?? Guid.Empty);
 

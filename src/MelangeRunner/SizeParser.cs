@@ -45,6 +45,21 @@ public static partial class SizeParser
         }
     }
 
+    /// <summary>
+    /// A byte count as a size string this parser reads back to the same count, in the largest
+    /// binary unit that divides it exactly (4294967296 → "4Gi", 1536 MiB → "1536Mi", 1000 → "1000B"),
+    /// so that a PowerShell number (4GB) shows up readably in a config or a plan.
+    /// </summary>
+    public static string FromBytes(long bytes)
+    {
+        if (bytes < 0)
+            throw Bad(bytes.ToString(CultureInfo.InvariantCulture), "size", "it is negative");
+        foreach (var (unit, multiplier) in new[] { ("Ti", 1L << 40), ("Gi", 1L << 30), ("Mi", 1L << 20), ("Ki", 1L << 10) })
+            if (bytes != 0 && bytes % multiplier == 0)
+                return (bytes / multiplier).ToString(CultureInfo.InvariantCulture) + unit;
+        return bytes.ToString(CultureInfo.InvariantCulture) + "B";
+    }
+
     /// <summary>Parses a size string to KiB, rounding down, as melange does.</summary>
     public static long ParseToKiB(string value, string what = "size") => ParseToBytes(value, what) / Units.KB;
 

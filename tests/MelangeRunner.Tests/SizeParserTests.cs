@@ -60,4 +60,20 @@ public class SizeParserTests
         Assert.Contains("Memory", e.Message);
         new PodConfig { Memory = "2Gi", Disk = "50Gi", CPU = "2" }.Validate();
     }
+
+    [Theory]
+    [InlineData(4294967296L, "4Gi")]
+    [InlineData(1610612736L, "1536Mi")]
+    [InlineData(1000L, "1000B")]
+    [InlineData(0L, "0B")]
+    [InlineData(1099511627776L, "1Ti")]
+    public void FromBytes_IsTheLargestExactBinaryUnit_AndParsesBack(long bytes, string expected)
+    {
+        Assert.Equal(expected, SizeParser.FromBytes(bytes));
+        Assert.Equal(bytes, SizeParser.ParseToBytes(SizeParser.FromBytes(bytes)));
+    }
+
+    [Fact]
+    public void FromBytes_RefusesNegative() =>
+        Assert.Equal("InvalidSize", Assert.Throws<MelangeException>(() => SizeParser.FromBytes(-1)).ErrorId);
 }

@@ -109,6 +109,7 @@ Describe 'Get-MelangeRunner and Test-MelangeRunner' {
     }
 
     It 'refuses an unknown runner name' {
-        { Get-MelangeRunner -Name docker } | Should -Throw -ErrorId 'ParameterArgumentValidationError,MelangeRunner.PowerShell.GetMelangeRunnerCommand'
+        # -Name takes wildcards (issue 9), so an unknown name is reported by the cmdlet, not by a ValidateSet.
+        { Get-MelangeRunner -Name docker -ErrorAction Stop } | Should -Throw -ErrorId 'UnknownRunner,MelangeRunner.PowerShell.GetMelangeRunnerCommand'
     }
 }

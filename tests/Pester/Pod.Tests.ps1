@@ -317,7 +317,8 @@ echo secret > not-exported.txt
 
 Describe 'Bad input to Start-MelangePod' -Skip:$noBwrap {
     It 'names the accepted units for a bad size' {
-        { $script:img | Start-MelangePod -Memory 4GB -ErrorAction Stop } | Should -Throw -ErrorId 'InvalidSize,*'
+        # The string '4GB' is no melange unit; the PowerShell number 4GB is bytes (Conventions.Tests.ps1).
+        { $script:img | Start-MelangePod -Memory '4GB' -ErrorAction Stop } | Should -Throw -ErrorId 'InvalidSize,*'
         # A bad parameter value stops the cmdlet, as a parameter validation error does.
         $err = { $script:img | Start-MelangePod -Disk lots -ErrorAction SilentlyContinue } | Should -Throw -ErrorId 'InvalidSize,*' -PassThru
         $err.CategoryInfo.Category | Should -Be 'InvalidArgument'

@@ -158,8 +158,9 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         // 0755 whatever the umask: the sandbox's '/', which a build user that is not root must traverse.
         File.SetUnixFileMode(rootfs, (UnixFileMode)0x1ED); // 0755
         var source = await ImageImporter.ExtractAsync(path, arch, rootfs, events, cancellationToken).ConfigureAwait(false);
-        privateDir.Keep();
-        return new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind, Env = source.Env.ToArray() };
+        var image = new ImageInfo { Runner = Name, Ref = rootfs, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind, Env = source.Env.ToArray() };
+        privateDir.Keep(image);
+        return image;
     }
 
     /// <summary>Deletes the whole private directory of an imported image (a Ref of another shape: that directory).</summary>

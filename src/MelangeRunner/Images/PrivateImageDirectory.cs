@@ -29,8 +29,15 @@ internal sealed class PrivateImageDirectory : IDisposable
         return new PrivateImageDirectory(path);
     }
 
-    /// <summary>The import is complete: the directory stays when disposed (until Remove-MelangeImage).</summary>
-    public void Keep() => _kept = true;
+    /// <summary>
+    /// The import is complete: the directory stays when disposed (until Remove-MelangeImage), with
+    /// the image's metadata file, so that Get-MelangeImage finds it again in a later session.
+    /// </summary>
+    public void Keep(ImageInfo image)
+    {
+        ImageCatalog.WriteMetadata(FullName, image);
+        _kept = true;
+    }
 
     public void Dispose()
     {

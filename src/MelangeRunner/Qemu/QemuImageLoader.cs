@@ -24,8 +24,9 @@ public sealed class QemuImageLoader : IImageLoader
         using (new FileStream(tarPath, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite })) { }
         var source = await ImageImporter.FlattenAsync(path, arch, tarPath, events, cancellationToken).ConfigureAwait(false);
         File.SetUnixFileMode(tarPath, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-        privateDir.Keep();
-        return new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind, Env = source.Env.ToArray() };
+        var image = new ImageInfo { Runner = Runners.Qemu, Ref = tarPath, Arch = source.Arch, Source = Path.GetFullPath(path), SourceKind = source.Kind, Env = source.Env.ToArray() };
+        privateDir.Keep(image);
+        return image;
     }
 
     /// <summary>Deletes the tar and its private directory (a Ref of another shape: only that file).</summary>

@@ -15,7 +15,7 @@ namespace MelangeRunner.PowerShell;
 /// pipeline, and a word such as "ls" cannot become a Pod, so the pod-first form is a set of its
 /// own (PodFirst: -Pod at 0, -Command from 1) next to the piped one (Command: -Command from 0).
 /// </remarks>
-[Cmdlet(VerbsLifecycle.Invoke, "MelangePod", DefaultParameterSetName = CommandSet)]
+[Cmdlet(VerbsLifecycle.Invoke, "MelangePod", DefaultParameterSetName = CommandSet, HelpUri = Links.Cmdlets + "Invoke-MelangePod.md")]
 [OutputType(typeof(string))]
 public sealed class InvokeMelangePodCommand : MelangeCmdlet
 {
@@ -29,6 +29,7 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
     [Parameter(Mandatory = true, ValueFromPipeline = true, ParameterSetName = CommandSet)]
     [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ParameterSetName = PodFirstSet)]
     [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ParameterSetName = ArgumentListSet)]
+    [ArgumentCompleter(typeof(PodCompleter))]
     public Pod Pod { get; set; } = null!;
 
     [Parameter(Mandatory = true, Position = 0, ValueFromRemainingArguments = true, ParameterSetName = CommandSet)]

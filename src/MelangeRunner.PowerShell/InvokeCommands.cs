@@ -142,6 +142,9 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
         var statement = typeof(InvocationInfo).GetProperty("Statement")?.GetValue(MyInvocation) as string;
         if (string.IsNullOrEmpty(statement)) statement = MyInvocation.Line;
         if (ParameterSetName == ArgumentListSet || string.IsNullOrEmpty(statement)) return;
+        // Parsing costs more than the rest of a call: none is needed where no parameter is written
+        // (`$pod | Invoke-MelangePod true`), nor again for a statement already found clean (a loop).
+        if (!statement.Contains(" -", StringComparison.Ordinal) || ReferenceEquals(statement, _lastCleanStatement) || statement == _lastCleanStatement) return;
         var ast = Parser.ParseInput(statement, out _, out _);
         var parameters = MyInvocation.MyCommand.Parameters.Values;
         foreach (CommandAst command in ast.FindAll(a => a is CommandAst c &&
@@ -165,7 +168,11 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
                 if (p.Argument is null && !matched.SwitchParameter) i++; // its value
             }
         }
+        _lastCleanStatement = statement;
     }
+
+    // The last statement RefuseStolenArguments found clean, per thread (runspaces run on their own threads).
+    [ThreadStatic] private static string? _lastCleanStatement;
 
     private static string WordsOf(CommandAst command) =>
         string.Join(' ', command.CommandElements.Skip(1).Select(e => e.Extent.Text));

@@ -426,7 +426,9 @@ internal sealed class TarExtractor
         int fd = -Libc.EEXIST;
         for (int attempt = 0; attempt < 8 && fd == -Libc.EEXIST; attempt++)
         {
-            temp = dir + "/" + PartialPrefix + Convert.ToHexString(RandomNumberGenerator.GetBytes(6)).ToLowerInvariant();
+            // Not a secret: O_EXCL|O_NOFOLLOW makes the name safe whoever guesses it, and Random.Shared
+            // spares an import loading the crypto library (~4 MiB resident) for a file name.
+            temp = dir + "/" + PartialPrefix + Random.Shared.NextInt64(1L << 47).ToString("x12", System.Globalization.CultureInfo.InvariantCulture);
             fd = Libc.CreateExclusive(temp, 0x180);
         }
         if (fd < 0) throw Libc.Error("open", temp, -fd);

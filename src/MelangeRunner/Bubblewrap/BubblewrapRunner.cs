@@ -119,6 +119,8 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
         // size and resizes. bwrap binds that PTY at /dev/console (its /dev/pts is the sandbox's
         // own instance), which is what `tty` prints. Redirected input (CI) keeps the plain bwrap run.
         var pty = HostTerminal.PtyHelperFor(events);
+        if (!HostTerminal.StdinIsTerminal)
+            events.Verbose("Standard input is not a terminal: bwrap runs on the caller's streams, without a terminal of its own or TERM.");
         var env = pty is null ? environment : HostTerminal.WithHostTerm(environment);
         var plan = PlanCommand(pod.Config, pod.Image, interactive: true, env, command);
         return PodProcess.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken, pty);

@@ -17,7 +17,7 @@ BeforeAll {
     # Starts a tmux server of its own with one pane running a child pwsh that imports the
     # module, starts a pod on $Runner and enters it; the pane stays readable after it exits.
     function Start-PaneSession {
-        param([Parameter(Mandatory)][string]$Runner, [string]$StartArgs = '')
+        param([Parameter(Mandatory)][string]$Runner, [string]$StartArgs = '', [string]$EnterArgs = '')
         $socket = "mr-pty-$PID-$(Get-Random)"
         $child = Join-Path $TestDrive "$socket.ps1"
         Set-Content -LiteralPath $child -Value @"
@@ -27,7 +27,7 @@ Import-Module '$($script:ModuleManifest)'
 `$pod = `$img | Start-MelangePod $StartArgs -Environment @{ TERM = '$($script:PodTerm)' }
 try {
     Write-Host 'MR-READY'
-    `$pod | Enter-MelangePod
+    `$pod | Enter-MelangePod $EnterArgs
     Write-Host "MR-RC=`$LASTEXITCODE"
     & stty -a
     Write-Host "MR-INVOKE-TERM=`$(`$pod | Invoke-MelangePod -Command sh, -c, 'echo `$TERM')"
@@ -112,9 +112,15 @@ Describe 'Enter-MelangePod on a terminal, bubblewrap' -Skip:$noBwrap {
     }
 
     It 'restores the terminal and returns 128+9 when the shell is killed, and Ctrl+C reaches the shell''s job' {
-        $script:socket = Start-PaneSession -Runner bubblewrap
+        $script:socket = Start-PaneSession -Runner bubblewrap -EnterArgs '-Verbose'
         $null = Wait-Pane $script:socket '^MR-READY$' -TimeoutSeconds 120
-        Send-Line $script:socket 'echo MR-IN; sleep 300'
+        # -Verbose shows the command run: the launcher, script, and bwrap inside it, still without
+        # --new-session. The pipeline thread writes it while the session starts: it may follow the prompt.
+        $running = (Wait-Pane $script:socket 'VERBOSE: Running: (.*)$').Groups[1].Value
+        $running | Should -Match "^\S*/env --default-signal \S*/script -q -e -c 'exec \S*/env --default-signal bwrap --bind .*' /dev/null$"
+        $running | Should -Not -Match '--new-session'
+        # The process that prints the marker is the one that sleeps: Ctrl+C cannot come before it runs.
+        Send-Line $script:socket "sh -c 'echo MR-IN; exec sleep 300'"
         $null = Wait-Pane $script:socket '^MR-IN$'
         & tmux -L $script:socket send-keys -t pty C-c
         Send-Line $script:socket 'echo "MR-INT=$?"'

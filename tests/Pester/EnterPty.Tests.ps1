@@ -135,6 +135,22 @@ Describe 'Enter-MelangePod on a terminal, bubblewrap' -Skip:$noBwrap {
     }
 }
 
+Describe 'Enter-MelangePod on a terminal, bubblewrap, with a command' -Skip:$noBwrap {
+    AfterEach { if ($script:socket) { & tmux -L $script:socket kill-server 2>$null; $script:socket = $null } }
+
+    It 'passes every argument through script''s command line unchanged, with the host TERM, and its status' {
+        # Quotes, $, backquotes, a backslash and a space: script runs one sh command line, so the
+        # quoting of the bwrap vector inside it must be exact.
+        $script:socket = Start-PaneSession -Runner bubblewrap -EnterArgs @'
+-Command sh, -c, 'printf "<%s>" "$@" "$TERM"; echo; exit 5', sh, 'it''s', 'a "b" $c;`d`', 'x\y z'
+'@
+        $null = Wait-Pane $script:socket '^MR-DONE$' 120
+        $pane = Get-Pane $script:socket
+        $pane | Should -Match ('(?m)^' + [regex]::Escape("<it's><a `"b`" `$c;``d``><x\y z><$($script:HostTerm)>") + '$')
+        $pane | Should -Match '(?m)^MR-RC=5$'
+    }
+}
+
 Describe 'Enter-MelangePod on a terminal, qemu' -Skip:$noQemu {
     AfterEach { if ($script:socket) { & tmux -L $script:socket kill-server 2>$null; $script:socket = $null } }
 

@@ -151,6 +151,33 @@ Describe 'Enter-MelangePod on a terminal, bubblewrap, with a command' -Skip:$noB
     }
 }
 
+Describe 'Enter-MelangePod without a terminal, bubblewrap' -Skip:(-not (Get-Command bwrap -ErrorAction Ignore)) {
+    It 'runs bwrap directly on the redirected streams, says so on -Verbose, and returns the status' {
+        # A child pwsh whose standard input is a pipe, as in CI, whatever runs these tests.
+        $child = Start-ChildPwsh -Script @"
+`$ErrorActionPreference = 'Stop'
+Import-Module '$($script:ModuleManifest)'
+`$img = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner bubblewrap
+`$pod = `$img | Start-MelangePod -Environment @{ TERM = '$($script:PodTerm)' }
+try {
+    `$pod | Enter-MelangePod -Command sh, -c, 'echo "MR-TERM=`$TERM"; exit 3' -Verbose 4>&1 | ForEach-Object { "MR-V: `$_" }
+    "MR-RC=`$LASTEXITCODE"
+} finally { `$pod | Stop-MelangePod; `$img | Remove-MelangeImage -Confirm:`$false }
+"@
+        try {
+            $read = $child.StandardOutput.ReadToEndAsync()
+            $read.Wait([TimeSpan]::FromSeconds(120)) | Should -BeTrue -Because 'the child ends'
+            $out = $read.Result
+        } finally { if (-not $child.HasExited) { $child.Kill($true) } }
+        $out | Should -Match '(?m)^MR-RC=3\s*$'
+        $out | Should -Match "(?m)^MR-TERM=$($script:PodTerm)\s*$" -Because 'without a terminal the host TERM is not put in'
+        $out | Should -Match '(?m)^MR-V: Standard input is not a terminal: bwrap runs on the caller''s streams'
+        $running = [regex]::Match($out, '(?m)^MR-V: Running: (.*?)\s*$').Groups[1].Value
+        $running | Should -Match '^\S*/env --default-signal bwrap --bind '
+        $running | Should -Not -Match 'script|--new-session'
+    }
+}
+
 Describe 'Enter-MelangePod on a terminal, qemu' -Skip:$noQemu {
     AfterEach { if ($script:socket) { & tmux -L $script:socket kill-server 2>$null; $script:socket = $null } }
 

@@ -67,6 +67,7 @@ internal static class HostTerminal
 
     [DllImport("libc", SetLastError = true)]
     private static extern int kill(int pid, int signal);
+
     [DllImport("libc", SetLastError = true)]
     private static extern int isatty(int fd);
 }

@@ -18,8 +18,10 @@ BeforeAll {
     # module, starts a pod on $Runner and enters it; the pane stays readable after it exits.
     function Start-PaneSession {
         param([Parameter(Mandatory)][string]$Runner, [string]$StartArgs = '', [string]$EnterArgs = '')
-        $socket = "mr-pty-$PID-$(Get-Random)"
-        $child = Join-Path $TestDrive "$socket.ps1"
+        # The server's socket lives in TestDrive, so that nothing is left in /tmp/tmux-UID.
+        $name = "mr-pty-$(Get-Random)"
+        $socket = Join-Path $TestDrive $name
+        $child = Join-Path $TestDrive "$name.ps1"
         Set-Content -LiteralPath $child -Value @"
 `$ErrorActionPreference = 'Stop'
 Import-Module '$($script:ModuleManifest)'
@@ -41,14 +43,14 @@ try {
         $argv = @($pwsh)
         if ([IO.Path]::GetFileName($pwsh) -eq 'dotnet') { $argv += Join-Path $PSHOME 'pwsh.dll' }
         $argv += '-NoProfile', '-File', $child
-        & tmux -L $socket -f /dev/null new-session -d -s pty -x 100 -y 30 env "TERM=$($script:HostTerm)" @argv
+        & tmux -S $socket -f /dev/null new-session -d -s pty -x 100 -y 30 env "TERM=$($script:HostTerm)" @argv
         if ($LASTEXITCODE) { throw "tmux new-session failed ($LASTEXITCODE)" }
-        & tmux -L $socket set-option -t pty remain-on-exit on
+        & tmux -S $socket set-option -t pty remain-on-exit on
         $socket
     }
 
     # The whole pane, history included, with each line's padding removed.
-    function Get-Pane([string]$Socket) { ((& tmux -L $Socket capture-pane -p -J -S - -E - -t pty) | ForEach-Object TrimEnd) -join "`n" }
+    function Get-Pane([string]$Socket) { ((& tmux -S $Socket capture-pane -p -J -S - -E - -t pty) | ForEach-Object TrimEnd) -join "`n" }
 
     # Polls the pane until a line matches $Pattern and returns the match, or fails with what the pane shows.
     function Wait-Pane {
@@ -65,9 +67,9 @@ try {
         }
     }
 
-    function Send-Line([string]$Socket, [string]$Line) { & tmux -L $Socket send-keys -t pty -l $Line; & tmux -L $Socket send-keys -t pty Enter }
+    function Send-Line([string]$Socket, [string]$Line) { & tmux -S $Socket send-keys -t pty -l $Line; & tmux -S $Socket send-keys -t pty Enter }
 
-    function Get-WindowSize([string]$Socket) { (& tmux -L $Socket display-message -p -t pty '#{window_height} #{window_width}').Trim() }
+    function Get-WindowSize([string]$Socket) { (& tmux -S $Socket display-message -p -t pty '#{window_height} #{window_width}').Trim() }
 
     # The checks shared by both runners, up to the exit: a PTY, TERM, the size, a resize, the exit status, the terminal restored.
     function Assert-PtySession {
@@ -79,7 +81,7 @@ try {
         (Wait-Pane $Socket '^MR-TERM=(\S*)$').Groups[1].Value | Should -Be $script:HostTerm
         (Wait-Pane $Socket '^MR-SIZE=(.*)$').Groups[1].Value | Should -Be (Get-WindowSize $Socket)
 
-        & tmux -L $Socket resize-window -t pty -x 90 -y 25
+        & tmux -S $Socket resize-window -t pty -x 90 -y 25
         $resized = Get-WindowSize $Socket
         $resized | Should -Be '25 90'
         Send-Line $Socket 'echo "MR-RESIZED=$(stty size)"'
@@ -98,11 +100,11 @@ try {
 }
 
 Describe 'Enter-MelangePod on a terminal, bubblewrap' -Skip:$noBwrap {
-    AfterEach { if ($script:socket) { & tmux -L $script:socket kill-server 2>$null; $script:socket = $null } }
+    AfterEach { if ($script:socket) { & tmux -S $script:socket kill-server 2>$null; $script:socket = $null } }
 
     It 'runs bwrap on a PTY of its own with the host TERM, the window size and resizes, returns the status and restores the terminal' {
         $script:socket = Start-PaneSession -Runner bubblewrap
-        $paneTty = (& tmux -L $script:socket display-message -p -t pty '#{pane_tty}').Trim()
+        $paneTty = (& tmux -S $script:socket display-message -p -t pty '#{pane_tty}').Trim()
         $seen = Assert-PtySession -Socket $script:socket -ReadyTimeout 120
         # bwrap binds the session's terminal at /dev/console (its /dev/pts is the sandbox's own
         # instance); what it is shows through the descriptor: a new PTY, not the pane's own.
@@ -122,7 +124,7 @@ Describe 'Enter-MelangePod on a terminal, bubblewrap' -Skip:$noBwrap {
         # The process that prints the marker is the one that sleeps: Ctrl+C cannot come before it runs.
         Send-Line $script:socket "sh -c 'echo MR-IN; exec sleep 300'"
         $null = Wait-Pane $script:socket '^MR-IN$'
-        & tmux -L $script:socket send-keys -t pty C-c
+        & tmux -S $script:socket send-keys -t pty C-c
         Send-Line $script:socket 'echo "MR-INT=$?"'
         (Wait-Pane $script:socket '^MR-INT=(\d+)$').Groups[1].Value | Should -Be '130'
         Send-Line $script:socket 'stty raw -echo; kill -9 $$'
@@ -136,7 +138,7 @@ Describe 'Enter-MelangePod on a terminal, bubblewrap' -Skip:$noBwrap {
 }
 
 Describe 'Enter-MelangePod on a terminal, bubblewrap, with a command' -Skip:$noBwrap {
-    AfterEach { if ($script:socket) { & tmux -L $script:socket kill-server 2>$null; $script:socket = $null } }
+    AfterEach { if ($script:socket) { & tmux -S $script:socket kill-server 2>$null; $script:socket = $null } }
 
     It 'passes every argument through script''s command line unchanged, with the host TERM, and its status' {
         # Quotes, $, backquotes, a backslash and a space: script runs one sh command line, so the
@@ -179,7 +181,7 @@ try {
 }
 
 Describe 'Enter-MelangePod on a terminal, qemu' -Skip:$noQemu {
-    AfterEach { if ($script:socket) { & tmux -L $script:socket kill-server 2>$null; $script:socket = $null } }
+    AfterEach { if ($script:socket) { & tmux -S $script:socket kill-server 2>$null; $script:socket = $null } }
 
     It 'gives the SSH session a PTY with the host TERM over the pod''s, the window size and resizes, returns the status and restores the terminal' {
         $script:socket = Start-PaneSession -Runner qemu -StartArgs '-Memory 1Gi -RunAs build'

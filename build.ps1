@@ -48,6 +48,8 @@ $HostPackages = [ordered]@{
     '/usr/bin/xz'                 = 'xz-utils'
     '/bin/bzip2'                  = 'bzip2'
     '/usr/sbin/debootstrap'       = 'debootstrap'
+    '/usr/bin/tmux'               = 'tmux'
+    '/usr/bin/script'             = 'bsdutils'
 }
 $DemoPackages = '/usr/bin/bwrap', '/bin/busybox'
 $TestPackages = @($HostPackages.Keys)

@@ -53,10 +53,33 @@ public static class PodProcess
     }
 
     /// <summary>Runs the process on the caller's terminal (no redirection), for interactive use.</summary>
-    public static async Task<int> RunInteractiveAsync(string fileName, IReadOnlyList<string> arguments, IEventSink events, CancellationToken cancellationToken)
+    /// <param name="ptyHelper">
+    /// util-linux script (<see cref="HostTerminal.PtyHelperFor"/>), to run the process on a new
+    /// pseudo-terminal of its own; null runs it on the caller's streams as they are.
+    /// </param>
+    /// <remarks>
+    /// With the helper, the command is <c>script -q -e -c 'exec env --default-signal PROGRAM ARGS…' /dev/null</c>:
+    /// script makes the PTY the controlling terminal of a new session, puts the host terminal in
+    /// raw mode, relays bytes and window sizes (SIGWINCH → TIOCSWINSZ), returns the program's
+    /// status (-e; 128+N for a signal) and restores the host terminal, also when the program was
+    /// killed. The host terminal's modes are not touched here: .NET keeps its own record of them
+    /// around child processes, and setting them behind its back (tried) left pwsh's terminal in
+    /// the modes of one of its cursor queries after a resize.
+    /// </remarks>
+    public static async Task<int> RunInteractiveAsync(string fileName, IReadOnlyList<string> arguments, IEventSink events, CancellationToken cancellationToken,
+        string? ptyHelper = null)
     {
         var start = new ProcessStartInfo(fileName) { UseShellExecute = false };
-        SignalReset.Apply(start, fileName, arguments, events);
+        if (ptyHelper is null)
+        {
+            SignalReset.Apply(start, fileName, arguments, events);
+        }
+        else
+        {
+            // script runs the line with $SHELL -c: use sh, whatever the user's login shell is.
+            start.Environment["SHELL"] = "/bin/sh";
+            SignalReset.Apply(start, ptyHelper, new[] { "-q", "-e", "-c", "exec " + ShellQuote.Join(SignalReset.Argv(fileName, arguments, events)), "/dev/null" }, events);
+        }
         events.Verbose("Running: " + ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList)));
         using var process = StartOrExplain(start);
         try
@@ -65,6 +88,8 @@ public static class PodProcess
         }
         catch (OperationCanceledException)
         {
+            // Not SIGKILL first: the helper restores the terminal's modes only when it can run.
+            await HostTerminal.TerminateGracefullyAsync(process, TimeSpan.FromSeconds(2)).ConfigureAwait(false);
             Kill(process);
             throw;
         }
@@ -170,6 +195,14 @@ internal static class SignalReset
             catch (MelangeException) { /* not startable: try the next */ }
         }
         return null;
+    }
+
+    /// <summary>The argument vector that runs <paramref name="fileName"/> through the launcher (as <see cref="Apply"/> does), for a command line run by another program.</summary>
+    internal static IReadOnlyList<string> Argv(string fileName, IReadOnlyList<string> arguments, IEventSink events)
+    {
+        var start = new ProcessStartInfo();
+        Apply(start, fileName, arguments, events);
+        return new[] { start.FileName }.Concat(start.ArgumentList).ToList();
     }
 
     /// <summary>Sets <paramref name="start"/> to run <paramref name="fileName"/> with <paramref name="arguments"/> through the launcher, when there is one.</summary>

@@ -113,8 +113,17 @@ public sealed class BubblewrapRunner : IRunner, IDebugger, IImageLoader
     public Task<int> DebugAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
         RequireRunning(pod);
-        var plan = PlanCommand(pod.Config, pod.Image, interactive: true, environment, command);
-        return PodProcess.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken);
+        // On a terminal, bwrap runs on a host PTY of its own (script): it needs one, since melange
+        // omits --new-session here for job control, and so the sandbox would otherwise share (and
+        // could inject input into, or leave raw) the caller's terminal; the PTY gives it TERM, its
+        // size and resizes. bwrap binds that PTY at /dev/console (its /dev/pts is the sandbox's
+        // own instance), which is what `tty` prints. Redirected input (CI) keeps the plain bwrap run.
+        var pty = HostTerminal.PtyHelperFor(events);
+        if (!HostTerminal.StdinIsTerminal)
+            events.Verbose("Standard input is not a terminal: bwrap runs on the caller's streams, without a terminal of its own or TERM.");
+        var env = pty is null ? environment : HostTerminal.WithHostTerm(environment);
+        var plan = PlanCommand(pod.Config, pod.Image, interactive: true, env, command);
+        return PodProcess.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken, pty);
     }
 
     /// <summary>Nothing runs between commands, so there is nothing to stop.</summary>

@@ -541,9 +541,13 @@ public sealed class QemuRunner : IRunner, IDebugger
     public async Task<int> DebugAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
         var state = RequireRunning(pod);
+        // ssh -tt always gives the session a PTY in the guest (sshd sets TERM from the client's
+        // pty request); the host's TERM also goes in the command line, so that it wins over a
+        // TERM of the image or the pod, which the command line's env would otherwise put back.
         var port = int.Parse(pod.SshAddress!.Split(':')[1]);
         var user = pod.BuildClient!.User;
-        using var session = OpenSshClient.Prepare(Loopback, port, user, state.ClientKey!, state.HostKeyBlob!, BuildCommandLine(pod.Config, pod.Image.Env, environment, command));
+        using var session = OpenSshClient.Prepare(Loopback, port, user, state.ClientKey!, state.HostKeyBlob!,
+            BuildCommandLine(pod.Config, pod.Image.Env, HostTerminal.WithHostTerm(environment), command));
         return await PodProcess.RunInteractiveAsync(session.FileName, session.Arguments, events, cancellationToken).ConfigureAwait(false);
     }
 

@@ -148,3 +148,28 @@ function Get-ChildQemu {
         $stat -and $stat -match '\(qemu-system-[^)]*\) \S+ (\d+) ' -and [int]$Matches[1] -eq $PID
     } | ForEach-Object { [int]$_.Name }
 }
+
+# An OCI image layout around a real layer (default: the busybox rootfs), whose config sets Env and
+# architecture; -Platform also names the platform in the index, as multi-arch indexes do.
+function New-OciLayout {
+    param([Parameter(Mandatory)][string]$Dir, [string[]]$Env = @(), [string]$Architecture = 'amd64', [string]$Layer = (Get-TestRootfs), [switch]$Platform)
+    $blobs = New-Item -ItemType Directory -Force (Join-Path $Dir 'blobs/sha256')
+    function Add-Blob([byte[]]$Bytes) {
+        $hex = [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($Bytes)).ToLowerInvariant()
+        [IO.File]::WriteAllBytes((Join-Path $blobs $hex), $Bytes)
+        @{ digest = "sha256:$hex"; size = $Bytes.Length }
+    }
+    function Add-Json($Object) { Add-Blob ([Text.Encoding]::UTF8.GetBytes(($Object | ConvertTo-Json -Depth 8 -Compress))) }
+    $layerBlob = Add-Blob ([IO.File]::ReadAllBytes($Layer))
+    $config = Add-Json @{ architecture = $Architecture; os = 'linux'; rootfs = @{ type = 'layers'; diff_ids = @() }; config = @{ Env = $Env } }
+    $manifest = Add-Json @{
+        schemaVersion = 2; mediaType = 'application/vnd.oci.image.manifest.v1+json'
+        config = @{ mediaType = 'application/vnd.oci.image.config.v1+json'; digest = $config.digest; size = $config.size }
+        layers = @(@{ mediaType = 'application/vnd.oci.image.layer.v1.tar+gzip'; digest = $layerBlob.digest; size = $layerBlob.size })
+    }
+    $descriptor = @{ mediaType = 'application/vnd.oci.image.manifest.v1+json'; digest = $manifest.digest; size = $manifest.size }
+    if ($Platform) { $descriptor.platform = @{ architecture = $Architecture; os = 'linux' } }
+    Set-Content -LiteralPath (Join-Path $Dir 'oci-layout') -Value '{"imageLayoutVersion":"1.0.0"}' -NoNewline
+    @{ schemaVersion = 2; manifests = @($descriptor) } | ConvertTo-Json -Depth 8 -Compress | Set-Content -LiteralPath (Join-Path $Dir 'index.json') -NoNewline
+    $Dir
+}

@@ -10,27 +10,6 @@ BeforeAll {
     $script:Tmp = (New-Item -ItemType Directory -Force (Join-Path ([IO.Path]::GetTempPath()) "melange-discovery-$PID")).FullName
     $env:TMPDIR = $script:Tmp
 
-    # An OCI image layout around the busybox layer whose config sets Env (as ImageConfig.Tests.ps1 builds it).
-    function New-OciLayout([string]$Dir, [string[]]$Env) {
-        $blobs = New-Item -ItemType Directory -Force (Join-Path $Dir 'blobs/sha256')
-        function Add-Blob([byte[]]$Bytes) {
-            $hex = [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($Bytes)).ToLowerInvariant()
-            [IO.File]::WriteAllBytes((Join-Path $blobs $hex), $Bytes)
-            @{ digest = "sha256:$hex"; size = $Bytes.Length }
-        }
-        function Add-Json($Object) { Add-Blob ([Text.Encoding]::UTF8.GetBytes(($Object | ConvertTo-Json -Depth 8 -Compress))) }
-        $layer = Add-Blob ([IO.File]::ReadAllBytes($script:Rootfs))
-        $config = Add-Json @{ architecture = 'amd64'; os = 'linux'; rootfs = @{ type = 'layers'; diff_ids = @() }; config = @{ Env = $Env } }
-        $manifest = Add-Json @{
-            schemaVersion = 2; mediaType = 'application/vnd.oci.image.manifest.v1+json'
-            config = @{ mediaType = 'application/vnd.oci.image.config.v1+json'; digest = $config.digest; size = $config.size }
-            layers = @(@{ mediaType = 'application/vnd.oci.image.layer.v1.tar+gzip'; digest = $layer.digest; size = $layer.size })
-        }
-        Set-Content -LiteralPath (Join-Path $Dir 'oci-layout') -Value '{"imageLayoutVersion":"1.0.0"}' -NoNewline
-        @{ schemaVersion = 2; manifests = @(@{ mediaType = 'application/vnd.oci.image.manifest.v1+json'; digest = $manifest.digest; size = $manifest.size }) } |
-            ConvertTo-Json -Depth 8 -Compress | Set-Content -LiteralPath (Join-Path $Dir 'index.json') -NoNewline
-        $Dir
-    }
 
     # A directory that looks like an image directory but must not be listed.
     function New-FakeImageDir([string]$Name, [string]$Mode = '700', [switch]$WithMetadata) {
@@ -148,7 +127,7 @@ Describe 'Get-MelangeImage' {
     }
 
     It 'lists images an earlier session left behind (both runners, with Env), and Get-MelangeImage | Remove-MelangeImage removes them' {
-        $oci = New-OciLayout (Join-Path $TestDrive 'oci') @('FROM_IMAGE=yes', 'PATH=/usr/bin:/bin')
+        $oci = New-OciLayout (Join-Path $TestDrive 'oci') @('FROM_IMAGE=yes', 'PATH=/usr/bin:/bin') -Layer $script:Rootfs
         $script_ = @"
 Import-Module '$($script:ModuleManifest)'
 `$ErrorActionPreference = 'Stop'

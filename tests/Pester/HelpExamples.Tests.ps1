@@ -39,33 +39,14 @@ BeforeAll {
     $script:QemuUsable = Test-MelangeRunner qemu
     $script:QemuReason = (Get-MelangeRunner qemu).Reason
 
-    # An OCI layout whose index offers the busybox layer for linux/arm64 (the import does not run it).
-    function New-Arm64Layout([string]$Dir) {
-        $blobs = New-Item -ItemType Directory -Force (Join-Path $Dir 'blobs/sha256')
-        function Add-Blob([byte[]]$Bytes) {
-            $hex = [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($Bytes)).ToLowerInvariant()
-            [IO.File]::WriteAllBytes((Join-Path $blobs $hex), $Bytes)
-            @{ digest = "sha256:$hex"; size = $Bytes.Length }
-        }
-        function Add-Json($Object) { Add-Blob ([Text.Encoding]::UTF8.GetBytes(($Object | ConvertTo-Json -Depth 8 -Compress))) }
-        $layer = Add-Blob ([IO.File]::ReadAllBytes($script:Rootfs))
-        $config = Add-Json @{ architecture = 'arm64'; os = 'linux'; rootfs = @{ type = 'layers'; diff_ids = @() }; config = @{ Env = @('PATH=/usr/bin:/bin') } }
-        $manifest = Add-Json @{
-            schemaVersion = 2; mediaType = 'application/vnd.oci.image.manifest.v1+json'
-            config = @{ mediaType = 'application/vnd.oci.image.config.v1+json'; digest = $config.digest; size = $config.size }
-            layers = @(@{ mediaType = 'application/vnd.oci.image.layer.v1.tar+gzip'; digest = $layer.digest; size = $layer.size })
-        }
-        Set-Content -LiteralPath (Join-Path $Dir 'oci-layout') -Value '{"imageLayoutVersion":"1.0.0"}' -NoNewline
-        @{ schemaVersion = 2; manifests = @(@{ mediaType = 'application/vnd.oci.image.manifest.v1+json'; digest = $manifest.digest; size = $manifest.size; platform = @{ architecture = 'arm64'; os = 'linux' } }) } |
-            ConvertTo-Json -Depth 8 -Compress | Set-Content -LiteralPath (Join-Path $Dir 'index.json') -NoNewline
-    }
 
     # The files the pages name, in a fresh directory per example.
     function New-ExampleDirectory {
         $dir = New-Item -ItemType Directory (Join-Path $script:Tmp ([guid]::NewGuid().ToString('n')))
         Copy-Item $script:Rootfs (Join-Path $dir 'rootfs.tar.gz')
         sh -c "gzip -dc '$($script:Rootfs)' | zstd -q -o '$dir/downloaded-layer.tar.zst'"
-        New-Arm64Layout (Join-Path $dir 'wolfi-base-oci')
+        # An index that offers the busybox layer for linux/arm64 (the example only imports it).
+        $null = New-OciLayout (Join-Path $dir 'wolfi-base-oci') @('PATH=/usr/bin:/bin') -Architecture arm64 -Layer $script:Rootfs -Platform
         foreach ($d in 'ws', 'ws/build', 'src', 'staging', 'pipeline/apk-cache') { $null = New-Item -ItemType Directory -Force (Join-Path $dir $d) }
         # A build script and the logs Export-MelangeWorkspace -ExtraFile names, as a real workspace has them.
         Set-Content (Join-Path $dir 'ws/build.sh') "#!/bin/sh`nmkdir -p melange-out/pkg && echo built > melange-out/pkg/file"

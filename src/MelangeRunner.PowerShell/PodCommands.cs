@@ -83,10 +83,11 @@ public sealed class StartMelangePodCommand : PodLaunchCmdlet
 // Invoke-MelangePod lives in InvokeCommands.cs.
 
 /// <summary>Enter-MelangePod: an interactive shell (or command) in the pod, on this terminal.</summary>
-[Cmdlet(VerbsCommon.Enter, "MelangePod")]
+[Cmdlet(VerbsCommon.Enter, "MelangePod", HelpUri = Links.Cmdlets + "Enter-MelangePod.md")]
 public sealed class EnterMelangePodCommand : MelangeCmdlet
 {
     [Parameter(Mandatory = true, ValueFromPipeline = true)]
+    [ArgumentCompleter(typeof(PodCompleter))]
     public Pod Pod { get; set; } = null!;
 
     [Parameter(Position = 0)]

@@ -55,18 +55,13 @@ internal static class HostTerminal
     {
         try
         {
-            if (process.HasExited || kill(process.Id, SIGTERM) != 0) return;
+            if (process.HasExited || Native.Libc.Kill(process.Id, Native.Libc.SIGTERM) != 0) return;
             using var wait = new CancellationTokenSource(grace);
             await process.WaitForExitAsync(wait.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) { /* still running: the caller kills the tree */ }
         catch (InvalidOperationException) { /* already gone */ }
     }
-
-    private const int SIGTERM = 15;
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern int kill(int pid, int signal);
 
     [DllImport("libc", SetLastError = true)]
     private static extern int isatty(int fd);

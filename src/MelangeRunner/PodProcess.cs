@@ -31,7 +31,7 @@ public static class PodProcess
             StandardErrorEncoding = Encoding.UTF8,
         };
         SignalReset.Apply(start, fileName, arguments, events);
-        events.Verbose("Running: " + ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList)));
+        events.Verbose("Running: " + CommandLine(start));
 
         using var process = StartOrExplain(start);
         // No input: a command that reads stdin sees end of file instead of hanging.
@@ -80,7 +80,7 @@ public static class PodProcess
             start.Environment["SHELL"] = "/bin/sh";
             SignalReset.Apply(start, ptyHelper, new[] { "-q", "-e", "-c", "exec " + ShellQuote.Join(SignalReset.Argv(fileName, arguments, events)), "/dev/null" }, events);
         }
-        events.Verbose("Running: " + ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList)));
+        events.Verbose("Running: " + CommandLine(start));
         using var process = StartOrExplain(start);
         try
         {
@@ -126,6 +126,9 @@ public static class PodProcess
         }
         return null;
     }
+
+    /// <summary>The exact command line <paramref name="start"/> runs, shell-quoted, for -Verbose.</summary>
+    internal static string CommandLine(ProcessStartInfo start) => ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList));
 
     internal static MelangeException ProgramNotFound(string fileName, Exception? inner) =>
         new(ErrorKind.NotInstalled, "ProgramNotFound",

@@ -25,7 +25,4 @@ internal static class OwnSession
         foreach (var a in args) start.ArgumentList.Add(a);
         return start;
     }
-
-    /// <summary>The exact command line of <paramref name="start"/>, for -Verbose.</summary>
-    public static string CommandLine(ProcessStartInfo start) => ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList));
 }

@@ -17,7 +17,7 @@ namespace MelangeRunner.HostProcess;
 /// cannot be started (no /bin/sh), pods still work and clean up normally; they only lose the
 /// backstop, which <see cref="Available"/> reports.
 /// </remarks>
-public static class Reaper
+internal static class Reaper
 {
     private static readonly object Gate = new();
     private static Process? _watcher;

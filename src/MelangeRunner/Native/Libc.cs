@@ -80,6 +80,8 @@ public static unsafe class Libc
     static extern int open_(string path, int flags, uint mode);
     [DllImport("libc", EntryPoint = "write", SetLastError = true)]
     static extern nint write_(int fd, byte* buf, nuint count);
+    [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    static extern int kill_(int pid, int signal);
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
     static extern int close_(int fd);
     [DllImport("libc", EntryPoint = "fchown", SetLastError = true)]
@@ -178,6 +180,11 @@ public static unsafe class Libc
     }
 
     public static int Close(int fd) => close_(fd) == 0 ? 0 : Errno;
+
+    public const int SIGTERM = 15;
+
+    /// <summary>kill(2); returns 0 or the errno.</summary>
+    public static int Kill(int pid, int signal) => kill_(pid, signal) == 0 ? 0 : Errno;
     public static int FChown(int fd, uint uid, uint gid) => fchown_(fd, uid, gid) == 0 ? 0 : Errno;
     public static int FChmod(int fd, uint mode) => fchmod_(fd, mode & 0xFFF) == 0 ? 0 : Errno;
 

@@ -469,7 +469,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         };
         foreach (var a in args) start.ArgumentList.Add(a);
         OwnSession.Apply(start);
-        events.Verbose("Running: " + OwnSession.CommandLine(start));
+        events.Verbose("Running: " + PodProcess.CommandLine(start));
         var process = Process.Start(start)!;
         // The console must be drained or the guest blocks on a full pipe; keep the tail for errors.
         process.OutputDataReceived += (_, e) => { if (e.Data is { } line) state.AddConsoleLine(line); };
@@ -496,7 +496,7 @@ public sealed class QemuRunner : IRunner, IDebugger
                      "-o", "source=" + pod.Config.CacheDir, "-o", "cache=always", "-o", "sandbox=namespace", "-o", "xattr", "-o", "writeback", "-o", "no_posix_lock" })
             start.ArgumentList.Add(a);
         OwnSession.Apply(start);
-        events.Verbose("Running: " + OwnSession.CommandLine(start));
+        events.Verbose("Running: " + PodProcess.CommandLine(start));
         state.Virtiofsd = Process.Start(start)!;
         state.Watch("virtiofsd", Reaper.Watch(state.Virtiofsd));
         state.Watch(state.VirtiofsSocket, Reaper.WatchPath(state.VirtiofsSocket));
@@ -586,7 +586,7 @@ public sealed class QemuRunner : IRunner, IDebugger
             if (!await ExitsWithin(qemu, TimeSpan.FromSeconds(5)).ConfigureAwait(false))
             {
                 events.Verbose("qemu: VM did not exit after the shutdown signal, sending SIGTERM");
-                Signal(qemu.Id, 15);
+                Native.Libc.Kill(qemu.Id, Native.Libc.SIGTERM);
                 if (!await ExitsWithin(qemu, TimeSpan.FromSeconds(5)).ConfigureAwait(false))
                 {
                     events.Warning("qemu did not exit after SIGTERM; killing it.");
@@ -601,7 +601,7 @@ public sealed class QemuRunner : IRunner, IDebugger
         {
             if (!virtiofsd.HasExited)
             {
-                Signal(virtiofsd.Id, 15);
+                Native.Libc.Kill(virtiofsd.Id, Native.Libc.SIGTERM);
                 if (!await ExitsWithin(virtiofsd, TimeSpan.FromSeconds(5)).ConfigureAwait(false)) virtiofsd.Kill(entireProcessTree: true);
                 await virtiofsd.WaitForExitAsync().ConfigureAwait(false);
             }
@@ -632,9 +632,6 @@ public sealed class QemuRunner : IRunner, IDebugger
             return false;
         }
     }
-
-    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill")]
-    private static extern int Signal(int pid, int signal);
 
     public async Task<Stream> WorkspaceTarAsync(Pod pod, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
     {

@@ -156,8 +156,8 @@ Describe 'Import-MelangeImage interrupted' -ForEach @(
         # rest a kilobyte at a time, so that the import is certainly mid-stream when it is stopped.
         function Start-SlowImage([string]$Fifo) {
             $null = & mkfifo $Fifo
-            $feed = 'exec 3>"$1"; head -c 400000 "$2" >&3 || exit 0; size=$(stat -c %s "$2"); off=400000; ' +
-                'while [ $off -lt $size ]; do tail -c +$((off + 1)) "$2" 2>/dev/null | head -c 1024 >&3 || exit 0; off=$((off + 1024)); sleep 0.02; done; read _'
+            $feed = 'exec 3>"$1"; head -c 400000 "$2" 2>/dev/null >&3 || exit 0; size=$(stat -c %s "$2"); off=400000; ' +
+                'while [ $off -lt $size ]; do tail -c +$((off + 1)) "$2" 2>/dev/null | head -c 1024 2>/dev/null >&3 || exit 0; off=$((off + 1024)); sleep 0.02; done; read _'
             $start = [Diagnostics.ProcessStartInfo]::new('/bin/sh')
             foreach ($a in '-c', $feed, 'feeder', $Fifo, (Get-TestRootfs)) { $start.ArgumentList.Add($a) }
             $start.RedirectStandardInput = $true

@@ -9,14 +9,16 @@ BeforeDiscovery {
 BeforeAll {
     . (Join-Path $PSScriptRoot 'Common.ps1')
     $script:rootfs = Get-TestRootfs
-    # One pod, two steps: a passing one (stdout and stderr) and a failing one with a named group.
+    # One pod, three steps: one writing to stdout, one to stderr (separate steps: the two streams of
+    # one step are read apart, so their relative order is not defined), and a failing one with a named group.
     $script:steps = @'
 param($Manifest, $Rootfs, $Runner)
 Import-Module $Manifest
 $img = Import-MelangeImage -Path $Rootfs -Runner $Runner
 $pod = $img | Start-MelangePod
 try {
-    $pod | Invoke-MelangePod 'echo out; echo err >&2'
+    $pod | Invoke-MelangePod 'echo out'
+    $pod | Invoke-MelangePod 'echo err >&2'
     $pod | Invoke-MelangePod -LogGroup 'step;1]' -ErrorAction SilentlyContinue -- sh -c 'echo "100%"; exit 3'
 } finally {
     $pod | Stop-MelangePod
@@ -30,8 +32,10 @@ exit $LASTEXITCODE
 Describe 'Azure Pipelines logging commands' -Skip:$noBwrap {
     It 'wraps each command in a group and reports a failure as an error issue, in order with the output' {
         $r = Invoke-ChildPwshFile -Script $script:steps -Environment @{ TF_BUILD = 'True' } -ArgumentList $script:args_
-        $expected = "##[group]echo out; echo err >&2`n" +
+        $expected = "##[group]echo out`n" +
             "out`n" +
+            "##[endgroup]`n" +
+            "##[group]echo err >&2`n" +
             "err`n" +
             "##[endgroup]`n" +
             "##[group]step;1]`n" +
@@ -52,7 +56,7 @@ Describe 'Azure Pipelines logging commands' -Skip:$noBwrap {
         $off = Invoke-ChildPwshFile -Script $script:steps -Environment @{ TF_BUILD = 'True'; MELANGE_AZURE_PIPELINES = '0' } -ArgumentList $script:args_
         $off.StdOut | Should -BeExactly "out`nerr`n100%`n" -Because $off.StdErr
         $on = Invoke-ChildPwshFile -Script $script:steps -Environment @{ MELANGE_AZURE_PIPELINES = '1' } -ArgumentList $script:args_
-        $on.StdOut | Should -Match '(?m)^##\[group\]echo out; echo err >&2$'
+        $on.StdOut | Should -Match '(?m)^##\[group\]echo err >&2$'
         $on.StdOut | Should -Match '(?m)^##vso\[task\.logissue type=error\]'
     }
 

@@ -23,7 +23,8 @@
                                     Type, Parameter Sets ((All) or set names), Aliases,
                                     Accepted values, Required, Position (n or Named),
                                     Default value, Accept pipeline input,
-                                    Accept wildcard characters
+                                    Accept wildcard characters, Hidden (True for a DontShow
+                                    parameter, which no syntax block names)
                                   (several yaml blocks when Required/Position differ between
                                   sets); ### CommonParameters is allowed and ignored
       ## INPUTS / ## OUTPUTS      ### TypeName + text (### None when there is none)
@@ -207,10 +208,11 @@ function Read-ParameterYaml($Lines) {
     $pipeline = if ($values.Contains('Accept pipeline input')) { $values['Accept pipeline input'] } else { 'False' }
     $wildcard = if ($values.Contains('Accept wildcard characters')) { $values['Accept wildcard characters'] } else { 'False' }
     $default = if ($values.Contains('Default value')) { $values['Default value'] } else { 'None' }
+    $hidden = $values.Contains('Hidden') -and $values['Hidden'] -eq 'True'
     [pscustomobject]@{
         Type = $values['Type']; Sets = $sets; Aliases = $aliases; AcceptedValues = $accepted
         Required = $required -eq 'True'; Position = $position; DefaultValue = $default
-        PipelineInput = $pipeline; Globbing = $wildcard -eq 'True'
+        PipelineInput = $pipeline; Globbing = $wildcard -eq 'True'; Hidden = $hidden
     }
 }
 
@@ -290,7 +292,8 @@ function Read-CommandPage([string] $Path) {
     foreach ($p in $parameters) {
         $used = $false
         foreach ($set in $syntax) { if ($set.Parameters -contains $p.Name) { $used = $true } }
-        if (-not $used) { Fail "the parameter -$($p.Name) appears in no syntax block" }
+        # A hidden parameter (DontShow) is left out of the syntax, as Get-Command -Syntax leaves it out.
+        if (-not $used -and -not $p.Variants[0].Hidden) { Fail "the parameter -$($p.Name) appears in no syntax block" }
     }
 
     # EXAMPLES: ### title + code fences + remarks.

@@ -59,8 +59,17 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
             ThrowEngineError(new MelangeException(ErrorKind.InvalidArgument, "InvalidTimeout",
                 $"-Timeout must not be negative; got {Timeout}.", "Give a positive TimeSpan or number of seconds, or 0 for no limit.", Timeout));
 
-        RefuseStolenArguments();
-        var argv = ResolveCommand(out var display);
+        string[] argv;
+        string display;
+        try
+        {
+            argv = ResolveCommand(out display);
+        }
+        catch (MelangeException e)
+        {
+            ThrowEngineError(e);
+            return;
+        }
         var env = PodCommandHelpers.ToDictionary(Environment);
         var azure = AzurePipelines.IsEnabled();
         var debugLines = azure && VerboseEnabled();
@@ -111,68 +120,166 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
     /// <summary>The argument vector to run, and the command as the user wrote it (for messages).</summary>
     private string[] ResolveCommand(out string display)
     {
+        var words = CommandWords();
         if (ParameterSetName == ArgumentListSet)
         {
-            display = ShellQuote.Join(ArgumentList);
-            return ArgumentList;
+            display = ShellQuote.Join(words);
+            return words;
         }
         // One string is a shell line, as melange runs a pipeline step's runs. A lone plain word
         // (`true`, `/usr/bin/id`) is run directly: the shell would only exec it, and -Verbose
         // then shows the command itself.
-        if (Command.Length == 1 && !PlainWord().IsMatch(Command[0]))
+        if (words.Length == 1 && !PlainWord().IsMatch(words[0]))
         {
-            display = Command[0];
-            return new[] { "/bin/sh", "-c", Command[0] };
+            display = words[0];
+            return new[] { "/bin/sh", "-c", words[0] };
         }
-        display = ShellQuote.Join(Command);
-        return Command;
+        display = ShellQuote.Join(words);
+        return words;
     }
+
+    // The command's own single-letter options. PowerShell would take `-v` as -Verbose, `-c` as
+    // -Command, and call `-e`, `-i`, `-o`, `-p`, `-w` ambiguous before the cmdlet runs, so each
+    // letter that begins a parameter name of this cmdlet (its own or a common one) is a hidden
+    // switch of its own: the binder matches it exactly, and CommandWords() puts it back where
+    // the statement has it. Letters that begin no parameter name reach the command anyway.
+    [Parameter(DontShow = true)] public SwitchParameter A { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter C { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter D { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter E { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter I { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter L { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter O { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter P { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter T { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter V { get; set; }
+    [Parameter(DontShow = true)] public SwitchParameter W { get; set; }
+
+    /// <summary>The hidden parameters that stand for the command's single-letter options.</summary>
+    public static IReadOnlyList<string> LetterOptions { get; } = new[] { "A", "C", "D", "E", "I", "L", "O", "P", "T", "V", "W" };
 
     /// <summary>
-    /// PowerShell binds any -word that abbreviates a parameter of this cmdlet or a common one
-    /// (`ls -v /`: -v is -Verbose; `ls -l /`: -l is -LogGroup) before a cmdlet sees its
-    /// arguments, so such a word never reaches the pod; the binder gives no way to stop it.
-    /// When the statement shows an abbreviation written after the command's first word, the
-    /// user meant it for the command: refuse rather than run a different command. Full names
-    /// and PowerShell's aliases (-ErrorAction, -ea, -Verbose, -vb) stay PowerShell's.
+    /// The words of the command as the statement has them. PowerShell binds before a cmdlet sees
+    /// its arguments: a letter option (see <see cref="LetterOptions"/>) comes out of -Command, and
+    /// a longer -word that abbreviates a parameter (`ls -ti`: -Timeout) is taken as that parameter.
+    /// So the statement is read again: letters go back in their place, between the values
+    /// PowerShell evaluated for the other words; an abbreviation written after the command's first
+    /// word is refused rather than run as another command. Full names and PowerShell's aliases
+    /// (-ErrorAction, -ea, -Verbose, -vb) stay PowerShell's, and so does anything after `--`
+    /// the command's.
     /// </summary>
-    private void RefuseStolenArguments()
+    private string[] CommandWords()
     {
-        // InvocationInfo.Statement (PowerShell 7) is not in the 5.1 reference assemblies.
+        var lettersBound = LetterOptions.Any(MyInvocation.BoundParameters.ContainsKey);
+        // InvocationInfo.Statement (PowerShell 7: this command's text) is not in the 5.1 reference assemblies.
         var statement = typeof(InvocationInfo).GetProperty("Statement")?.GetValue(MyInvocation) as string;
         if (string.IsNullOrEmpty(statement)) statement = MyInvocation.Line;
-        if (ParameterSetName == ArgumentListSet || string.IsNullOrEmpty(statement)) return;
-        // Parsing costs more than the rest of a call: none is needed where no parameter is written
-        // (`$pod | Invoke-MelangePod true`), nor again for a statement already found clean (a loop).
-        if (!statement.Contains(" -", StringComparison.Ordinal) || ReferenceEquals(statement, _lastCleanStatement) || statement == _lastCleanStatement) return;
-        var ast = Parser.ParseInput(statement, out _, out _);
-        var parameters = MyInvocation.MyCommand.Parameters.Values;
-        foreach (CommandAst command in ast.FindAll(a => a is CommandAst c &&
-                     string.Equals(c.GetCommandName(), MyInvocation.InvocationName, StringComparison.OrdinalIgnoreCase), true))
+        if (string.IsNullOrEmpty(statement) || !statement.Contains(" -", StringComparison.Ordinal))
         {
-            var seenWord = false;
-            var elements = command.CommandElements;
-            for (var i = 1; i < elements.Count; i++)
-            {
-                if (elements[i] is not CommandParameterAst p) { seenWord = true; continue; }
-                if (p.ParameterName == "-") break; // `--`: the rest is the command's
-                var exact = parameters.FirstOrDefault(m => m.Name.Equals(p.ParameterName, StringComparison.OrdinalIgnoreCase) ||
-                                                           m.Aliases.Contains(p.ParameterName, StringComparer.OrdinalIgnoreCase));
-                var matched = exact ?? parameters.FirstOrDefault(m => m.Name.StartsWith(p.ParameterName, StringComparison.OrdinalIgnoreCase));
-                if (matched is null) continue; // unknown: PowerShell passed it on as a word
-                if (exact is null && seenWord)
-                    ThrowEngineError(new MelangeException(ErrorKind.InvalidArgument, "CommandArgumentTakenByPowerShell",
-                        $"PowerShell took '-{p.ParameterName}' as the parameter -{matched.Name} of {MyInvocation.InvocationName}, so it would not reach the command in the pod.",
-                        $"Write the command as one string ('{WordsOf(command)}'), put it after -- ({MyInvocation.InvocationName} -- …), or pass -ArgumentList; spell PowerShell's parameters out in full.",
-                        "-" + p.ParameterName));
-                if (p.Argument is null && !matched.SwitchParameter) i++; // its value
-            }
+            if (lettersBound) throw Unplaceable();
+            return ParameterSetName == ArgumentListSet ? ArgumentList : Command;
         }
-        _lastCleanStatement = statement;
+        // Parsing costs more than the rest of a call, so a loop reads its statement once.
+        if (!(_lastStatement == statement && _lastShape is { } shape))
+        {
+            shape = StatementShape(statement);
+            (_lastStatement, _lastShape) = (statement, shape);
+        }
+        if (ParameterSetName == ArgumentListSet)
+        {
+            if (shape.Letters.Count > 0) throw LetterWithArgumentList(shape.Letters[0]);
+            return ArgumentList;
+        }
+        if (shape.Letters.Count == 0) return lettersBound ? throw Unplaceable() : Command;
+        if (shape.Values != Command.Length) throw Unplaceable();
+        var words = new List<string>(Command.Length + shape.Letters.Count);
+        var next = 0;
+        foreach (var literal in shape.Words) words.Add(literal ?? Command[next++]);
+        return words.ToArray();
     }
 
-    // The last statement RefuseStolenArguments found clean, per thread (runspaces run on their own threads).
-    [ThreadStatic] private static string? _lastCleanStatement;
+    /// <summary>A statement read once: each word of the command, null where PowerShell's value goes.</summary>
+    private sealed record Shape(List<string?> Words, List<string> Letters, int Values);
+
+    private Shape StatementShape(string statement)
+    {
+        var ast = Parser.ParseInput(statement, out _, out _);
+        // The statement is this command's own text, so its first command is this invocation.
+        if (ast.Find(a => a is CommandAst, true) is not CommandAst command ||
+            !string.Equals(command.GetCommandName(), MyInvocation.InvocationName, StringComparison.OrdinalIgnoreCase))
+            return new Shape(new List<string?>(), new List<string>(), 0);
+        var parameters = MyInvocation.MyCommand.Parameters.Values;
+        ParameterMetadata? Match(string name) =>
+            parameters.FirstOrDefault(m => m.Name.Equals(name, StringComparison.OrdinalIgnoreCase) ||
+                                           m.Aliases.Contains(name, StringComparer.OrdinalIgnoreCase))
+            ?? (parameters.Count(m => m.Name.StartsWith(name, StringComparison.OrdinalIgnoreCase)) == 1
+                ? parameters.First(m => m.Name.StartsWith(name, StringComparison.OrdinalIgnoreCase)) : null);
+
+        var elements = command.CommandElements;
+        // Without pipeline input the first positional word is the pod, unless -Pod is written out
+        // (the binder may report either set then, so the set name cannot tell).
+        var podPending = !MyInvocation.ExpectingInput &&
+            !elements.OfType<CommandParameterAst>().Any(p => Match(p.ParameterName)?.Name == nameof(Pod));
+        var words = new List<string?>();
+        var letters = new List<string>();
+        var values = 0;
+        var verbatim = false;
+        for (var i = 1; i < elements.Count; i++)
+        {
+            if (!verbatim && elements[i] is CommandParameterAst p)
+            {
+                if (p.ParameterName == "-") { verbatim = true; continue; } // `--`: the rest is the command's
+                var matched = Match(p.ParameterName);
+                var isLetter = matched is not null && LetterOptions.Contains(matched.Name);
+                if (isLetter)
+                {
+                    if (values == 0 || p.Argument is not null) throw LetterBeforeCommand(p, command);
+                    words.Add("-" + p.ParameterName);
+                    letters.Add("-" + p.ParameterName);
+                    continue;
+                }
+                if (matched is not null)
+                {
+                    var exact = matched.Name.Equals(p.ParameterName, StringComparison.OrdinalIgnoreCase) ||
+                                matched.Aliases.Contains(p.ParameterName, StringComparer.OrdinalIgnoreCase);
+                    if (!exact && values > 0) throw TakenByPowerShell(p, matched, command);
+                    if (p.Argument is null && !matched.SwitchParameter) i++; // its value
+                    continue;
+                }
+                // A -word that names no parameter: PowerShell passes it on as a word of the command.
+            }
+            if (podPending) { podPending = false; continue; }
+            words.Add(null);
+            values++;
+        }
+        return new Shape(words, letters, values);
+    }
+
+    // The last statement read and its shape, per thread (runspaces run on their own threads).
+    [ThreadStatic] private static string? _lastStatement;
+    [ThreadStatic] private static Shape? _lastShape;
+
+    private MelangeException TakenByPowerShell(CommandParameterAst p, ParameterMetadata matched, CommandAst command) =>
+        new(ErrorKind.InvalidArgument, "CommandArgumentTakenByPowerShell",
+            $"PowerShell took '-{p.ParameterName}' as the parameter -{matched.Name} of {MyInvocation.InvocationName}, so it would not reach the command in the pod.",
+            $"Write the command as one string ('{WordsOf(command)}'), put it after -- ({MyInvocation.InvocationName} -- …), or pass -ArgumentList; spell PowerShell's parameters out in full.",
+            "-" + p.ParameterName);
+
+    private MelangeException LetterBeforeCommand(CommandParameterAst p, CommandAst command) =>
+        new(ErrorKind.InvalidArgument, "CommandArgumentTakenByPowerShell",
+            $"'{p.Extent.Text}' comes before the command, where it is neither a parameter of {MyInvocation.InvocationName} nor a word of the command: a single letter such as -{p.ParameterName} is always the command's own option.",
+            $"Spell PowerShell's parameters out in full before the command (-Timeout, -Verbose, -Environment …), or write the command as one string ('{WordsOf(command)}').",
+            p.Extent.Text);
+
+    private MelangeException LetterWithArgumentList(string letter) =>
+        new(ErrorKind.InvalidArgument, "CommandArgumentTakenByPowerShell",
+            $"'{letter}' is written outside -ArgumentList, where it belongs to no word of the command.",
+            "Put every word of the command in -ArgumentList (-ArgumentList ls, -l, /), and spell PowerShell's parameters out in full.", letter);
+
+    private MelangeException Unplaceable() =>
+        new(ErrorKind.InvalidArgument, "CommandArgumentTakenByPowerShell",
+            $"{MyInvocation.InvocationName} could not tell where the command's single-letter options stand among its words (the command is splatted, or its statement text is not available).",
+            $"Write the command as one string, put it after -- ({MyInvocation.InvocationName} -- …), or pass -ArgumentList.", MyInvocation.InvocationName);
 
     private static string WordsOf(CommandAst command) =>
         string.Join(' ', command.CommandElements.Skip(1).Select(e => e.Extent.Text));

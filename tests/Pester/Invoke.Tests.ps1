@@ -47,11 +47,32 @@ Describe 'Invoke-MelangePod on <Runner>' -ForEach $runners {
         $failed[0].FullyQualifiedErrorId | Should -BeLike 'CommandFailed,*'
     }
 
-    It 'refuses a word that PowerShell would take as its own parameter, instead of running another command' -Skip:$Skip {
-        { $script:pod | Invoke-MelangePod ls -v / } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
-        { $script:pod | Invoke-MelangePod ls -l / } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
-        # Full names and PowerShell's aliases after the command stay PowerShell's.
+    It 'passes single-letter options to the command where they are written: ls -v, grep -e, env -i, sh -c' -Skip:$Skip {
+        $script:pod | Invoke-MelangePod ls -v / | Should -Contain 'bin'
+        $script:pod | Invoke-MelangePod grep -e root /etc/passwd | Should -Match '^root:'
+        Invoke-MelangePod $script:pod grep -e root -c /etc/passwd | Should -Be '1'
+        $script:pod | Invoke-MelangePod env -i /bin/sh -c 'echo "[$GREETING]"' | Should -Be '[]'
+        $script:pod | Invoke-MelangePod sh -c 'echo hi' | Should -Be 'hi'
+        # PowerShell's values stay in their place between the letters; upper case stays upper case.
+        $file = '/etc/passwd'
+        $script:pod | Invoke-MelangePod grep -E 'ro+t' $file -c | Should -Be '1'
+        $script:pod | Invoke-MelangePod sh -c "echo $file" -v 2>$null | Should -Be '/etc/passwd'
+        # -v is not -Verbose: no verbose record is written.
+        $verbose = $script:pod | Invoke-MelangePod echo -v 4>&1 | Where-Object { $_ -is [System.Management.Automation.VerboseRecord] }
+        $verbose | Should -BeNullOrEmpty
+    }
+
+    It 'refuses a longer word that PowerShell would take as its own parameter, instead of running another command' -Skip:$Skip {
+        # -Ti abbreviates -Timeout and -Lo -LogGroup: after the command's first word, meant for the command.
+        { $script:pod | Invoke-MelangePod sort -Ti 5 /etc/passwd } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
+        { $script:pod | Invoke-MelangePod ls -Lo / } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
+        # A letter before the command is neither PowerShell's nor the command's.
+        { Invoke-MelangePod $script:pod -t 5 sleep 1 } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
+        { $script:pod | Invoke-MelangePod -ArgumentList ls -l } | Should -Throw -ErrorId 'CommandArgumentTakenByPowerShell,*'
+        # Full names and PowerShell's aliases after the command stay PowerShell's, and so does an
+        # abbreviation before it.
         $script:pod | Invoke-MelangePod 'echo ok' -ErrorAction Stop -vb 4>$null | Should -Be 'ok'
+        Invoke-MelangePod $script:pod -Ti 30 echo ok | Should -Be 'ok'
     }
 
     It 'ends a command that runs past -Timeout, with its process tree, and the pod stays usable' -Skip:$Skip {

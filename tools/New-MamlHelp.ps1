@@ -292,7 +292,7 @@ function Read-CommandPage([string] $Path) {
     foreach ($p in $parameters) {
         $used = $false
         foreach ($set in $syntax) { if ($set.Parameters -contains $p.Name) { $used = $true } }
-        # A hidden parameter (DontShow) is left out of the syntax, as Get-Command -Syntax leaves it out.
+        # A hidden parameter (DontShow) is left out of the help syntax, as tab completion leaves it out.
         if (-not $used -and -not $p.Variants[0].Hidden) { Fail "the parameter -$($p.Name) appears in no syntax block" }
     }
 

@@ -32,7 +32,7 @@ BeforeAll {
     function Get-CommandSetSignature($ParameterSet) {
         $parts = foreach ($p in $ParameterSet.Parameters) {
             if ($script:Common.Contains($p.Name)) { continue }
-            # DontShow parameters are not in PowerShell's own syntax either (Get-Command -Syntax).
+            # DontShow parameters stay out of the help syntax (tab completion does not offer them either).
             if ($p.Attributes.Where({ $_ -is [System.Management.Automation.ParameterAttribute] -and $_.DontShow }).Count) { continue }
             $p.Name + $(if ($p.IsMandatory) { '!' }) + $(if ($p.Position -ge 0) { "@$($p.Position)" })
         }

@@ -22,7 +22,7 @@ pure text substitution that points every such citation at the new pages:
 It is idempotent: the new forms are lower-case and hyphenated, and the patterns are
 case-sensitive where it matters, so a second run changes nothing. It prints one line per
 change (file:line, old -> new) and a summary. docs/microvm.md and docs/hosts.md themselves,
-and this script, are never edited. Files that are not valid UTF-8 text are skipped; a UTF-8
+this script and its test (tests/Pester/DocCitations.Tests.ps1) are never edited. Files that are not valid UTF-8 text are skipped; a UTF-8
 BOM and the line endings are kept.
 
 .PARAMETER Path
@@ -55,11 +55,13 @@ Set-StrictMode -Version Latest
 $Root = [IO.Path]::GetFullPath($Root)
 $DocsDir = Join-Path $Root 'docs'
 $SkipDirectories = @('.git', 'bin', 'obj', 'artifacts', 'out', 'TestResults', 'node_modules')
-# The pages the citations now point at cite themselves by anchor; this script holds the patterns.
+# The pages the citations now point at cite themselves by anchor; this script and its test hold
+# the old forms on purpose.
 $SkipFiles = @(
     (Join-Path $DocsDir 'microvm.md'),
     (Join-Path $DocsDir 'hosts.md'),
-    [IO.Path]::GetFullPath($PSCommandPath)
+    [IO.Path]::GetFullPath($PSCommandPath),
+    (Join-Path $Root 'tests/Pester/DocCitations.Tests.ps1')
 )
 
 # What the old files are called in citations: MICROVM.md, shared/spec/MICROVM.md, ../../shared/spec/MICROVM.md.
@@ -92,7 +94,7 @@ function Format-Ref($Style, [string]$Page, [string]$Anchor, [string]$Text, [swit
 }
 
 function Get-PitfallNumbers([Text.RegularExpressions.Match]$M) {
-    @($M.Groups['n'].Value) + @([regex]::Matches($M.Groups['more'].Value, '\d+') | ForEach-Object Value)
+    @($M.Groups['n'].Value) + @([regex]::Matches($M.Groups['more'].Value, '\d+') | ForEach-Object { $_.Value })
 }
 
 # "3", "3 and 8", "3, 8 and 11" from items.
@@ -202,7 +204,7 @@ $Combined = [regex]::new((@(for ($i = 0; $i -lt $Rules.Count; $i++) { "(?<r$i>$(
 
 function Get-TargetFile {
     # pwsh -File passes "a,b" as one string: split it, as a caller of -Command would get.
-    foreach ($p in @($Path | ForEach-Object { $_ -split ',' } | ForEach-Object Trim | Where-Object { $_ })) {
+    foreach ($p in @($Path | ForEach-Object { $_ -split ',' } | ForEach-Object { $_.Trim() } | Where-Object { $_ })) {
         $full = if ([IO.Path]::IsPathRooted($p)) { $p } else { Join-Path $Root $p }
         if (Test-Path -LiteralPath $full -PathType Leaf) { [IO.Path]::GetFullPath($full); continue }
         if (-not (Test-Path -LiteralPath $full -PathType Container)) { Write-Verbose "Not found, skipped: $p"; continue }

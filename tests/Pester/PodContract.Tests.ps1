@@ -23,11 +23,14 @@
 #       HonoursRunAsIds      = $true   # -RunAsUid and -RunAsGid set the ids of the steps
 #   }
 #
+# (OtherRunner, the runner whose images a row's runner must refuse, is filled in from the other rows.)
+#
 # Behaviour only one runner has stays in its own file: Bubblewrap.Tests.ps1 (the bwrap command
 # line, plans) and Qemu.Tests.ps1 (SSH endpoints and clients, host key pinning, the VM's
 # processes and files, kernel and initramfs failures). Tests use public cmdlets and members only.
-# Set-up cost: one long-lived pod per runner for most tests (a VM boots in ~5 s under TCG), and
-# a pod per -RunAs user for the tests that need a fresh one.
+# Set-up cost: one long-lived pod per runner for most tests (a VM boots in ~5 s under TCG), one
+# fresh pod for -RunAs, a config object and a workspace of its own, one in a child pwsh for
+# Remove-Module, and (only where a flag says the runner honours them) one per option.
 
 BeforeDiscovery {
     . (Join-Path $PSScriptRoot 'Common.ps1')

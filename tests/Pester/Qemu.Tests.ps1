@@ -1,3 +1,8 @@
+# What only the qemu runner does: the VM's state (SSH endpoints and clients, processes, files),
+# key secrecy and host key pinning, the real PTY, plans, the cache share, and the ways a VM fails
+# to start or dies. The contract that every runner shares (run, environment, users, export, stop)
+# is PodContract.Tests.ps1.
+
 BeforeDiscovery {
     # Real VMs: skipped only where qemu or a kernel is genuinely absent (CI installs qemu and
     # runs tools/Get-MelangeKernel.ps1).
@@ -39,7 +44,9 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $script:pod.ControlBuildClient.IsConnected | Should -BeTrue
         $script:pod.BuildClient.User | Should -Be 'build'
         $script:pod.ControlClient.Role | Should -Be 'control'
-        $script:pod.ControlClient.GetSshClient().IsConnected | Should -BeTrue
+        $script:pod.BuildClient.Address | Should -Be $script:pod.SshAddress
+        $script:pod.ControlClient.Address | Should -Be $script:pod.SshControlAddress
+        $script:pod.ControlClient.User | Should -Be 'root'
     }
 
     It 'never shows key material, formatted or as JSON' {
@@ -51,62 +58,10 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $json | Should -Match '"Role": "build"'
     }
 
-    It 'runs as the RunAs user in the workspace, which it owns' {
+    It 'copies the workspace in, owned by the RunAs user' {
+        # The host's files, copied into the VM and handed to the user the steps log in as.
         $script:pod | Invoke-MelangePod -Command sh, -c, 'echo "$(id -u) $(pwd) $(stat -c %u seed.txt) $(cat seed.txt)"' |
             Should -Be '1000 /home/build 1000 from the host'
-    }
-
-    It 'passes the environment and arguments exactly' {
-        $weird = "it's `"quoted`" `$HOME; a b`nline2"
-        $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'printf "[%s]\n" "$GREETING" "$X" "$1"', sh, $weird -Environment @{ X = 'a=b c' }
-        $out | Should -Be @('[hello]', '[a=b c]', "[it's `"quoted`" `$HOME; a b", 'line2]')
-    }
-
-    It 'gives a command end of file on standard input' {
-        $script:pod | Invoke-MelangePod -Command sh, -c, 'cat; echo "read $?"' | Should -Be 'read 0'
-    }
-
-    It 'streams stdout as output and stderr to the information stream' {
-        $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'echo out; echo err >&2' -InformationVariable info 6>$null
-        $out | Should -Be 'out'
-        ($info | Where-Object { $_.Tags -contains 'stderr' }).MessageData.Message | Should -Be 'err'
-    }
-
-    It 'turns a non-zero exit into an ErrorRecord and sets $LASTEXITCODE' {
-        $script:pod | Invoke-MelangePod -Command sh, -c, 'exit 7' -ErrorVariable errs -ErrorAction SilentlyContinue
-        $LASTEXITCODE | Should -Be 7
-        $errs[0].FullyQualifiedErrorId | Should -BeLike 'CommandFailed,*'
-        $errs[0].Exception.ExitCode | Should -Be 7
-    }
-
-    It 'reads the release data of the image, not of the initramfs' {
-        ($script:pod | Get-MelangeReleaseData).ID | Should -Be 'melange-demo'
-    }
-
-    It 'exports melange-out, extra files and license files' {
-        $script:pod | Invoke-MelangePod -Command sh, -c, 'mkdir -p melange-out/x/bin && echo ok > melange-out/x/f && ln -s f melange-out/x/link && echo MIT > LICENSE && echo log > build.log && chmod 0750 melange-out/x/bin'
-        $out = Join-Path $TestDrive 'out'
-        $dir = $script:pod | Export-MelangeWorkspace -Destination $out -ExtraFile build.log
-        $dir | Should -BeOfType ([IO.DirectoryInfo])
-        Get-Content (Join-Path $out 'melange-out/x/f') | Should -Be 'ok'
-        (Get-Item (Join-Path $out 'melange-out/x/link')).LinkTarget | Should -Be 'f'
-        (Get-Item (Join-Path $out 'melange-out/x/bin')).UnixMode | Should -Be 'drwxr-x---'
-        Get-Content (Join-Path $out 'LICENSE') | Should -Be 'MIT'
-        Get-Content (Join-Path $out 'build.log') | Should -Be 'log'
-        Test-Path (Join-Path $out 'seed.txt') | Should -BeFalse
-
-        $tar = Join-Path $TestDrive 'out.tar'
-        $file = $script:pod | Export-MelangeWorkspace -AsTarPath $tar
-        $file | Should -BeOfType ([IO.FileInfo])
-        (tar -tf $tar) | Should -Contain 'melange-out/x/f'
-    }
-
-    It 'ends the remote command at once when stopped (Ctrl+C)' {
-        $result = Invoke-AndStop -Pod $script:pod -Script 'echo started; exec sleep 300'
-        $result.FirstLine | Should -Be 'started'
-        $result.StopSeconds | Should -BeLessThan 10
-        $result.State | Should -BeIn @('Stopped', 'Completed')
-        $script:pod | Invoke-MelangePod -Command sh, -c, 'ps -o args | grep -c "^sleep 300" || true' | Should -Be '0'
     }
 
     It 'enters the VM on a real PTY with the system ssh client' {

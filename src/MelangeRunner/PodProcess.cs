@@ -115,6 +115,65 @@ public static class PodProcess
         return (process.ExitCode, output + err.GetAwaiter().GetResult());
     }
 
+    /// <summary>
+    /// Starts a long-running helper (qemu, virtiofsd) in a session of its own (<see cref="HostProcess.OwnSession"/>),
+    /// each line of its output to a callback; <paramref name="begin"/> false leaves the reading to the caller
+    /// (BeginOutputReadLine, BeginErrorReadLine), for callbacks that need the result first.
+    /// </summary>
+    internal static Process StartLongRunning(string fileName, IReadOnlyList<string> arguments, IEventSink events,
+        Action<string> standardOutputLine, Action<string> standardErrorLine, bool redirectInput, bool begin = true)
+    {
+        var start = new ProcessStartInfo(fileName)
+        {
+            RedirectStandardInput = redirectInput,
+            RedirectStandardOutput = true,
+            RedirectStandardError = true,
+            UseShellExecute = false,
+        };
+        foreach (var a in arguments) start.ArgumentList.Add(a);
+        HostProcess.OwnSession.Apply(start);
+        events.Verbose("Running: " + CommandLine(start));
+        var process = StartOrExplain(start);
+        process.OutputDataReceived += (_, e) => { if (e.Data is { } line) standardOutputLine(line); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) standardErrorLine(line); };
+        if (begin)
+        {
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
+        }
+        return process;
+    }
+
+    /// <summary>
+    /// Ends a long-running helper: <paramref name="waitFirst"/> for it to exit by itself (zero: not
+    /// at all), then SIGTERM, then <paramref name="afterTerm"/> more and SIGKILL of its process tree.
+    /// </summary>
+    internal static async Task StopAsync(Process process, TimeSpan waitFirst, TimeSpan afterTerm, Action? onTerm, Action? onKill)
+    {
+        if (waitFirst > TimeSpan.Zero ? await ExitsWithin(process, waitFirst).ConfigureAwait(false) : process.HasExited) return;
+        onTerm?.Invoke();
+        Native.Libc.Kill(process.Id, Native.Libc.SIGTERM);
+        if (await ExitsWithin(process, afterTerm).ConfigureAwait(false)) return;
+        onKill?.Invoke();
+        try { process.Kill(entireProcessTree: true); }
+        catch (InvalidOperationException) { /* exited meanwhile */ }
+        await process.WaitForExitAsync().ConfigureAwait(false);
+    }
+
+    private static async Task<bool> ExitsWithin(Process process, TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
     /// <summary>The full path of a program on PATH, or null.</summary>
     public static string? FindOnPath(string program)
     {

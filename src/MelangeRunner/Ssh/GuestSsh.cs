@@ -24,7 +24,7 @@ public sealed record RemoteExit(int ExitCode, int? ExitStatus, string? Signal)
 /// with streamed output, and binary output as a stream (melange's sshDialWithTimeout,
 /// getHostKey and sendSSHCommand).
 /// </summary>
-public static class GuestSsh
+internal static class GuestSsh
 {
     private static readonly UTF8Encoding Utf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: false);
 
@@ -37,8 +37,8 @@ public static class GuestSsh
     /// handshake before authentication with MelangeException(SecurityError, "HostKeyMismatch").
     /// Only loopback addresses are accepted. Connect and handshake are bounded by <paramref name="timeout"/>.
     /// </summary>
-    public static async Task<SshClient> ConnectAsync(string host, int port, string user, SshKeyPair clientKey, byte[] pinnedHostKeyBlob,
-        TimeSpan timeout, CancellationToken ct)
+    public static async Task<SshConnection> ConnectAsync(string host, int port, string user, SshKeyPair clientKey, byte[] pinnedHostKeyBlob,
+        TimeSpan timeout, CancellationToken ct, string role = "ssh")
     {
         ArgumentNullException.ThrowIfNull(clientKey);
         ArgumentNullException.ThrowIfNull(pinnedHostKeyBlob);
@@ -76,8 +76,10 @@ public static class GuestSsh
         bounded.CancelAfter(timeout);
         try
         {
+            // The watch subscribes to the client's errors before the session can report one.
+            var connection = new SshConnection(client, role);
             await client.ConnectAsync(bounded.Token).ConfigureAwait(false);
-            return client;
+            return connection;
         }
         catch (Exception e)
         {
@@ -149,18 +151,19 @@ public static class GuestSsh
     /// Cancellation sends the command SIGTERM and throws OperationCanceledException; a lost
     /// connection throws MelangeException(ConnectionError, "SshConnectionLost").
     /// </summary>
-    public static async Task<int> RunAsync(SshClient client, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
-        => (await RunWithExitAsync(client, commandLine, standardOutputLine, standardErrorLine, ct).ConfigureAwait(false)).ExitCode;
+    public static async Task<int> RunAsync(SshConnection connection, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
+        => (await RunWithExitAsync(connection, commandLine, standardOutputLine, standardErrorLine, ct).ConfigureAwait(false)).ExitCode;
 
     /// <summary><see cref="RunAsync"/>, telling an exit status from a signal.</summary>
-    public static async Task<RemoteExit> RunWithExitAsync(SshClient client, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
+    public static async Task<RemoteExit> RunWithExitAsync(SshConnection connection, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
     {
-        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(connection);
+        var client = connection.Client;
         ArgumentException.ThrowIfNullOrEmpty(commandLine);
         ArgumentNullException.ThrowIfNull(standardOutputLine);
         ArgumentNullException.ThrowIfNull(standardErrorLine);
         ct.ThrowIfCancellationRequested();
-        var watch = ConnectionWatch.For(client);
+        var watch = connection.Watch;
         using var run = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var command = Start(client, watch, commandLine, run.Token, out var exec);
         using (command)
@@ -213,13 +216,13 @@ public static class GuestSsh
     /// channel data as it arrives rather than as it is read, so memory stays flat only while the
     /// reader keeps up with the network: read it continuously.
     /// </summary>
-    public static Task<Stream> OpenOutputStreamAsync(SshClient client, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
+    public static Task<Stream> OpenOutputStreamAsync(SshConnection connection, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
     {
-        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(connection);
         ArgumentException.ThrowIfNullOrEmpty(commandLine);
         ArgumentNullException.ThrowIfNull(standardErrorLine);
         ct.ThrowIfCancellationRequested();
-        return Task.FromResult<Stream>(new RemoteOutputStream(client, commandLine, standardErrorLine, ct));
+        return Task.FromResult<Stream>(new RemoteOutputStream(connection, commandLine, standardErrorLine, ct));
     }
 
     // ----------------------------------------------------------------------------------------

@@ -28,12 +28,13 @@ internal sealed class RemoteOutputStream : Stream
     private long _position;
     private int _disposed;
 
-    public RemoteOutputStream(SshClient client, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
+    public RemoteOutputStream(SshConnection connection, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
     {
+        var client = connection.Client;
         _client = client;
         _commandLine = commandLine;
         _callerToken = ct;
-        _watch = ConnectionWatch.For(client);
+        _watch = connection.Watch;
         _run = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {

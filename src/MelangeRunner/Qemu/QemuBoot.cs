@@ -38,7 +38,7 @@ internal static class QemuBoot
         void Step(string status, int step) => events.Progress(new ProgressReport("Starting qemu pod", status, step, 6));
 
         Step("Locating the kernel", 0);
-        var kernel = KernelLocator.Locate(arch, events);
+        var kernel = KernelLocator.Locate(arch, events, env);
         events.Verbose($"qemu: kernel {kernel.BootPath} ({kernel.Source}{(kernel.IsElf ? ", uncompressed ELF" : "")}), version {kernel.Version ?? "unknown"}");
 
         // Keys: an ephemeral client key, and the VM's host key made here so that it can be pinned.
@@ -47,7 +47,7 @@ internal static class QemuBoot
         state.HostKeyBlob = hostKey.PublicKeyBlob;
 
         Step("Preparing the initramfs", 1);
-        var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct).ConfigureAwait(false);
+        var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct, env).ConfigureAwait(false);
         state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
             hostKey.AuthorizedKeysLine, env.KernelModules, env.BaseInitramfs is null ? kernel.ModulesDir : null, events, ct).ConfigureAwait(false);
         state.Watch(state.InitramfsPath, Reaper.WatchPath(state.InitramfsPath, secret: true));

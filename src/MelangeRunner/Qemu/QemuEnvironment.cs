@@ -58,6 +58,24 @@ public sealed partial class QemuEnvironment
         };
     }
 
+    /// <summary>
+    /// Only the variables that name host paths and packages (QEMU_KERNEL_IMAGE, QEMU_KERNEL_MODULES,
+    /// QEMU_BASE_INITRAMFS, QEMU_ADDITIONAL_PACKAGES), which need no validation: for the kernel
+    /// lookup and the initramfs outside a pod start (New-MelangeInitramfs, Get-MelangeRunner).
+    /// </summary>
+    public static QemuEnvironment ReadPaths(Func<string, string?>? get = null)
+    {
+        get ??= Environment.GetEnvironmentVariable;
+        string? Value(string name) => get(name) is { Length: > 0 } v ? v : null;
+        return new QemuEnvironment
+        {
+            KernelImage = Value("QEMU_KERNEL_IMAGE"),
+            KernelModules = Value("QEMU_KERNEL_MODULES"),
+            BaseInitramfs = Value("QEMU_BASE_INITRAMFS"),
+            AdditionalPackages = Value("QEMU_ADDITIONAL_PACKAGES"),
+        };
+    }
+
     // Go's strconv.ParseBool.
     private static bool ParseBool(string value) => value is "1" or "t" or "T" or "true" or "TRUE" or "True";
 

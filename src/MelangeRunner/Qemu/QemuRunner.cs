@@ -32,7 +32,7 @@ public sealed class QemuRunner : IRunner
                 $"{program} was not found on PATH. Install qemu (Debian/Ubuntu: sudo apt-get install qemu-system-{(Architecture.Host == "aarch64" ? "arm" : "x86")}).", null);
         try
         {
-            KernelLocator.Locate(Architecture.Host, NullEventSink.Instance);
+            KernelLocator.Locate(Architecture.Host, NullEventSink.Instance, QemuEnvironment.ReadPaths());
         }
         catch (MelangeException e)
         {
@@ -66,7 +66,7 @@ public sealed class QemuRunner : IRunner
     {
         var env = QemuEnvironment.Read();
         var arch = QemuLaunchPlanner.GuestArch(spec, image);
-        var kernel = KernelLocator.Locate(arch, NullEventSink.Instance);
+        var kernel = KernelLocator.Locate(arch, NullEventSink.Instance, env);
         var virtiofs = env.UseVirtiofs && !string.IsNullOrEmpty(spec.CacheDir) ? Path.Combine(Path.GetTempPath(), "melange-virtiofsd-<new>.sock") : null;
         var accel = ChooseAccelerator(spec.Accelerator, env, arch);
         var files = new LaunchFiles(kernel.BootPath, Path.Combine(Path.GetTempPath(), "melange-initramfs-<new>.cpio"),

@@ -51,8 +51,9 @@ public static partial class InitramfsBuilder
     /// The base initramfs to boot: QEMU_BASE_INITRAMFS when set, else a cached one (24 hours,
     /// keyed by its inputs) under $XDG_CACHE_HOME/melange-runner/initramfs/&lt;arch&gt;/, built when missing.
     /// </summary>
-    public static Task<string> GetBaseAsync(string arch, string? modulesDir, IEventSink events, CancellationToken ct) =>
-        Task.Run(() => GetBase(arch, modulesDir, events, ct), ct);
+    /// <param name="env">The QEMU_* variables as the start read them (default: read now).</param>
+    public static Task<string> GetBaseAsync(string arch, string? modulesDir, IEventSink events, CancellationToken ct, QemuEnvironment? env = null) =>
+        Task.Run(() => GetBase(arch, modulesDir, env ?? QemuEnvironment.ReadPaths(), events, ct), ct);
 
     /// <summary>
     /// A new temporary copy of the base with the pod's SSH host key (and QEMU_KERNEL_MODULES'
@@ -185,10 +186,9 @@ public static partial class InitramfsBuilder
         WriteAtomically(outputPath, plan.Tree, events, ct);
     }
 
-    internal static string GetBase(string arch, string? modulesDir, IEventSink events, CancellationToken ct)
+    internal static string GetBase(string arch, string? modulesDir, QemuEnvironment env, IEventSink events, CancellationToken ct)
     {
-        var overridePath = Environment.GetEnvironmentVariable(BaseInitramfsVariable);
-        if (!string.IsNullOrEmpty(overridePath))
+        if (env.BaseInitramfs is { } overridePath)
         {
             if (!File.Exists(overridePath))
                 throw new MelangeException(ErrorKind.ObjectNotFound, "BaseInitramfsNotFound",
@@ -199,10 +199,10 @@ public static partial class InitramfsBuilder
         }
         arch = CheckArch(arch);
         var config = MicrovmConfig.Default();
-        var packages = AdditionalPackages(config, events);
+        var packages = AdditionalPackages(config, events, env);
         var inputs = CacheInputsFor(arch, modulesDir, packages, events);
         var key = ComputeCacheKey(inputs);
-        var dir = Path.Combine(CacheRoot(), "initramfs", arch);
+        var dir = HostCache.Initramfs(arch);
         Directory.CreateDirectory(dir);
         var path = Path.Combine(dir, $"base-{key}.cpio");
         var info = new FileInfo(path);
@@ -216,15 +216,6 @@ public static partial class InitramfsBuilder
         WriteAtomically(path, plan.Tree, events, ct);
         PruneCache(dir, path, events);
         return path;
-    }
-
-    /// <summary>$XDG_CACHE_HOME/melange-runner, or ~/.cache/melange-runner.</summary>
-    internal static string CacheRoot()
-    {
-        var xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
-        var root = !string.IsNullOrEmpty(xdg) && Path.IsPathRooted(xdg) ? xdg
-            : Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
-        return Path.Combine(root, "melange-runner");
     }
 
     private static void PruneCache(string dir, string keep, IEventSink events)
@@ -269,11 +260,10 @@ public static partial class InitramfsBuilder
     }
 
     /// <summary>QEMU_ADDITIONAL_PACKAGES (validated as melange does) plus the config's additional packages.</summary>
-    internal static List<string> AdditionalPackages(MicrovmConfig config, IEventSink events)
+    internal static List<string> AdditionalPackages(MicrovmConfig config, IEventSink events, QemuEnvironment? environment = null)
     {
         var result = new List<string>();
-        var env = Environment.GetEnvironmentVariable(AdditionalPackagesVariable);
-        if (!string.IsNullOrEmpty(env))
+        if ((environment ?? QemuEnvironment.ReadPaths()).AdditionalPackages is { } env)
         {
             if (!AdditionalPackagesPattern().IsMatch(env))
                 events.Warning($"{AdditionalPackagesVariable} contains characters other than letters, digits, '_', ',', '.' and '-'; ignoring it: {env}");

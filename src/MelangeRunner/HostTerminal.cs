@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Runtime.InteropServices;
 
 namespace MelangeRunner;
@@ -39,7 +40,7 @@ internal static class HostTerminal
     internal static string? PtyHelperFor(IEventSink events)
     {
         if (!StdinIsTerminal) return null;
-        if (PodProcess.FindOnPath(PtyHelper) is { } helper) return helper;
+        if (HostCommand.FindOnPath(PtyHelper) is { } helper) return helper;
         if (Interlocked.Exchange(ref s_warnedNoHelper, 1) == 0)
             events.Warning($"'{PtyHelper}' (util-linux) is not on PATH: the session shares this terminal without a pseudo-terminal of its own " +
                            "(no TERM, and the sandbox can change this terminal's modes). Install it: sudo apt-get install bsdutils (Debian/Ubuntu), util-linux elsewhere.");

@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 namespace MelangeRunner.Bubblewrap;
 
 /// <summary>
@@ -18,13 +19,13 @@ internal sealed class BubblewrapPodRuntime(string podId, PodSpec spec, ImageInfo
     internal Task<int> RunSetupAsync(IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
         var plan = BubblewrapRunner.PlanCommand(Spec, image, interactive: false, null, command);
-        return PodProcess.RunAsync(plan.FileName, plan.Arguments, events, cancellationToken, stdoutToVerbose: true);
+        return HostCommand.RunAsync(plan.FileName, plan.Arguments, events, cancellationToken, stdoutToVerbose: true);
     }
 
     public Task<int> RunAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
         var plan = BubblewrapRunner.PlanCommand(Spec, image, interactive: false, environment, command);
-        return PodProcess.RunAsync(plan.FileName, plan.Arguments, events, cancellationToken);
+        return HostCommand.RunAsync(plan.FileName, plan.Arguments, events, cancellationToken);
     }
 
     public Task<int> DebugAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
@@ -39,7 +40,7 @@ internal sealed class BubblewrapPodRuntime(string podId, PodSpec spec, ImageInfo
             events.Verbose("Standard input is not a terminal: bwrap runs on the caller's streams, without a terminal of its own or TERM.");
         var env = pty is null ? environment : HostTerminal.WithHostTerm(environment);
         var plan = BubblewrapRunner.PlanCommand(Spec, image, interactive: true, env, command);
-        return PodProcess.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken, pty);
+        return HostCommand.RunInteractiveAsync(plan.FileName, plan.Arguments, events, cancellationToken, pty);
     }
 
     public Task<Stream> WorkspaceTarAsync(IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken) =>

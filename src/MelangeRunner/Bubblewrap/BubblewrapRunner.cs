@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using MelangeRunner.Images;
 
 namespace MelangeRunner.Bubblewrap;
@@ -13,13 +14,13 @@ public sealed class BubblewrapRunner : IRunner, IImageLoader
 
     public RunnerInfo Probe()
     {
-        var bwrap = PodProcess.FindOnPath(BubblewrapCommand.Program);
+        var bwrap = HostCommand.FindOnPath(BubblewrapCommand.Program);
         if (bwrap is null)
             return new RunnerInfo(Name, false,
                 "bwrap was not found on PATH. Install bubblewrap (Debian/Ubuntu: sudo apt-get install bubblewrap).", null);
 
         // The uid map check: what breaks on hosts that restrict unprivileged user namespaces.
-        var (code, output) = PodProcess.Capture(bwrap, "--ro-bind", "/", "/", "--unshare-user", "true");
+        var (code, output) = HostCommand.Capture(bwrap, "--ro-bind", "/", "/", "--unshare-user", "true");
         if (code != 0)
         {
             var reason = $"bwrap cannot create a user namespace here ({output.Trim()}).";

@@ -149,19 +149,10 @@ public static class HostResources
 
     private static bool QemuStartsWithKvm(string qemuProgram, string machine)
     {
-        var start = new System.Diagnostics.ProcessStartInfo(qemuProgram)
-        {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in new[] { "-accel", "kvm", "-cpu", "host", "-machine", machine, "-nodefaults", "-display", "none",
-                     "-no-user-config", "-S", "-qmp", "stdio" })
-            start.ArgumentList.Add(a);
         try
         {
-            using var process = System.Diagnostics.Process.Start(start)!;
+            using var process = HostProcess.HostCommand.Start(qemuProgram, new[] { "-accel", "kvm", "-cpu", "host", "-machine", machine, "-nodefaults",
+                "-display", "none", "-no-user-config", "-S", "-qmp", "stdio" }, redirectInput: true);
             process.StandardInput.WriteLine("{\"execute\":\"qmp_capabilities\"}");
             process.StandardInput.WriteLine("{\"execute\":\"quit\"}");
             process.StandardInput.Close();
@@ -174,9 +165,9 @@ public static class HostResources
             }
             return process.ExitCode == 0;
         }
-        catch (System.ComponentModel.Win32Exception)
+        catch (MelangeException)
         {
-            return false;
+            return false; // not startable
         }
     }
 

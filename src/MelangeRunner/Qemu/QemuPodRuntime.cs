@@ -120,7 +120,7 @@ internal sealed class QemuPodRuntime : IInteractivePodRuntime
     public void DeleteInitramfs()
     {
         if (InitramfsPath is not { } path) return;
-        InitramfsBuilder.SecureDelete(path);
+        IO.SecureFile.Delete(path);
         Unwatch(path);
         InitramfsPath = null;
     }
@@ -141,7 +141,7 @@ internal sealed class QemuPodRuntime : IInteractivePodRuntime
         // TERM of the image or the pod, which the command line's env would otherwise put back.
         using var session = OpenSshClient.Prepare(QemuLaunchPlanner.Loopback, SshPort, Build!.User, ClientKey!, HostKeyBlob!,
             GuestCommands.Step(Spec, Image.Env, HostTerminal.WithHostTerm(environment), command));
-        return await PodProcess.RunInteractiveAsync(session.FileName, session.Arguments, events, cancellationToken).ConfigureAwait(false);
+        return await HostCommand.RunInteractiveAsync(session.FileName, session.Arguments, events, cancellationToken).ConfigureAwait(false);
     }
 
     public async Task<Stream> WorkspaceTarAsync(IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken)
@@ -210,7 +210,7 @@ internal sealed class QemuPodRuntime : IInteractivePodRuntime
             virtiofsd.Dispose();
             Virtiofsd = null;
         }
-        if (InitramfsPath is { } initramfs) InitramfsBuilder.SecureDelete(initramfs);
+        if (InitramfsPath is { } initramfs) IO.SecureFile.Delete(initramfs);
         InitramfsPath = null;
         foreach (var path in new[] { DiskPath, VirtiofsSocket })
             if (path is not null && File.Exists(path)) File.Delete(path);

@@ -24,7 +24,7 @@ internal sealed class QemuProcess : IDisposable
     public static QemuProcess Start(string program, IReadOnlyList<string> arguments, IEventSink events)
     {
         QemuProcess? qemu = null;
-        var process = PodProcess.StartLongRunning(program, arguments, events,
+        var process = HostCommand.StartLongRunning(program, arguments, events,
             line => qemu!.AddConsoleLine(line), line => qemu!.AddQemuErrorLine(line), redirectInput: true, begin: false);
         qemu = new QemuProcess(process) { _consoleSink = events };
         qemu.RestartQuietClock();
@@ -68,7 +68,7 @@ internal sealed class QemuProcess : IDisposable
     /// Ends qemu after the guest was asked to power off: 5 s to exit, then SIGTERM, then 5 s more
     /// and SIGKILL of its process tree (with a warning).
     /// </summary>
-    public Task StopAsync(IEventSink events) => PodProcess.StopAsync(_process, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(5),
+    public Task StopAsync(IEventSink events) => HostCommand.StopAsync(_process, TimeSpan.FromSeconds(5), TimeSpan.FromSeconds(5),
         () => events.Verbose("qemu: VM did not exit after the shutdown signal, sending SIGTERM"),
         () => events.Warning("qemu did not exit after SIGTERM; killing it."));
 
@@ -123,7 +123,7 @@ internal sealed class VirtiofsdProcess : IDisposable
         var candidates = new List<string>();
         if (env.VirtiofsPath is { } dir) candidates.Add(Path.Combine(dir, "virtiofsd"));
         candidates.AddRange(new[] { "/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd" });
-        return candidates.FirstOrDefault(File.Exists) ?? PodProcess.FindOnPath("virtiofsd") ?? throw new MelangeException(
+        return candidates.FirstOrDefault(File.Exists) ?? HostCommand.FindOnPath("virtiofsd") ?? throw new MelangeException(
             ErrorKind.NotInstalled, "VirtiofsdNotFound",
             $"QEMU_USE_VIRTIOFS is set but virtiofsd was not found (looked in {string.Join(", ", candidates)} and PATH).",
             "Install virtiofsd (Debian 12: sudo apt-get install qemu-system-common; later: virtiofsd), set QEMU_VIRTIOFS_PATH to its directory, or unset QEMU_USE_VIRTIOFS.");
@@ -133,7 +133,7 @@ internal sealed class VirtiofsdProcess : IDisposable
     public static async Task<VirtiofsdProcess> StartAsync(string program, string cacheDir, Action<VirtiofsdProcess> started, IEventSink events, CancellationToken ct)
     {
         var socket = Path.Combine(Path.GetTempPath(), $"melange-virtiofsd-{Guid.NewGuid():N}.sock");
-        var process = PodProcess.StartLongRunning(program, new[] { "--socket-path=" + socket, $"--thread-pool-size={Environment.ProcessorCount * 2}",
+        var process = HostCommand.StartLongRunning(program, new[] { "--socket-path=" + socket, $"--thread-pool-size={Environment.ProcessorCount * 2}",
                 "-o", "source=" + cacheDir, "-o", "cache=always", "-o", "sandbox=namespace", "-o", "xattr", "-o", "writeback", "-o", "no_posix_lock" },
             events, l => events.Verbose("virtiofsd: " + l), l => events.Verbose("virtiofsd: " + l), redirectInput: false);
         var virtiofsd = new VirtiofsdProcess(process, socket);
@@ -156,7 +156,7 @@ internal sealed class VirtiofsdProcess : IDisposable
     }
 
     /// <summary>SIGTERM, and SIGKILL 5 s later.</summary>
-    public Task StopAsync() => PodProcess.StopAsync(_process, TimeSpan.Zero, TimeSpan.FromSeconds(5), null, null);
+    public Task StopAsync() => HostCommand.StopAsync(_process, TimeSpan.Zero, TimeSpan.FromSeconds(5), null, null);
 
     public void Dispose() => _process.Dispose();
 }

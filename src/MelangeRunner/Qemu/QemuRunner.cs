@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using MelangeRunner.Images;
 using MelangeRunner.Qemu.Kernel;
 
@@ -27,7 +28,7 @@ public sealed class QemuRunner : IRunner
     public RunnerInfo Probe()
     {
         var program = QemuCommand.Program(Architecture.Host);
-        if (PodProcess.FindOnPath(program) is null)
+        if (HostCommand.FindOnPath(program) is null)
             return new RunnerInfo(Name, false,
                 $"{program} was not found on PATH. Install qemu (Debian/Ubuntu: sudo apt-get install qemu-system-{(Architecture.Host == "aarch64" ? "arm" : "x86")}).", null);
         try
@@ -57,7 +58,7 @@ public sealed class QemuRunner : IRunner
     /// <summary>The accelerator for a pod of <paramref name="arch"/>: -Accelerator, else MELANGE_QEMU_ACCELERATOR, else the host's evidence.</summary>
     private static AcceleratorChoice ChooseAccelerator(string? configValue, QemuEnvironment env, string arch) =>
         AcceleratorChoice.Decide(configValue, env.Accelerator, arch, Architecture.Host, () =>
-            PodProcess.FindOnPath(QemuCommand.Program(Architecture.Host)) is { } qemu
+            HostCommand.FindOnPath(QemuCommand.Program(Architecture.Host)) is { } qemu
                 ? HostResources.Kvm(qemu, QemuLaunchPlanner.MachineForProbe(Architecture.Host))
                 : new KvmDecision(false, "qemu is not installed"));
 
@@ -79,7 +80,7 @@ public sealed class QemuRunner : IRunner
     {
         var env = QemuEnvironment.Read(events: events);
         var arch = QemuLaunchPlanner.GuestArch(request.Spec, request.Image);
-        var program = PodProcess.FindOnPath(QemuCommand.Program(arch)) ?? throw new MelangeException(ErrorKind.NotInstalled, "QemuNotFound",
+        var program = HostCommand.FindOnPath(QemuCommand.Program(arch)) ?? throw new MelangeException(ErrorKind.NotInstalled, "QemuNotFound",
             $"{QemuCommand.Program(arch)} was not found on PATH.", "Install qemu: sudo apt-get install qemu-system-x86 (or qemu-system-arm).", arch);
         var accel = ChooseAccelerator(request.Spec.Accelerator, env, arch);
         while (true)

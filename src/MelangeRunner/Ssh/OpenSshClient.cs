@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Security.Cryptography;
 using System.Text;
 
@@ -38,7 +39,7 @@ public sealed class OpenSshSession : IDisposable
     /// <summary>Overwrites the private key file with random bytes, then deletes both files and the directory.</summary>
     public void Dispose()
     {
-        OpenSshClient.SecureDelete(IdentityPath);
+        IO.SecureFile.TryDelete(IdentityPath);
         try { File.Delete(KnownHostsPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         _identityWatch.Dispose();
@@ -67,7 +68,7 @@ public static class OpenSshClient
         ArgumentOutOfRangeException.ThrowIfLessThan(port, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
 
-        var ssh = PodProcess.FindOnPath("ssh") ?? throw new MelangeException(ErrorKind.NotInstalled, "OpenSshClientNotFound",
+        var ssh = HostCommand.FindOnPath("ssh") ?? throw new MelangeException(ErrorKind.NotInstalled, "OpenSshClientNotFound",
             "The OpenSSH client 'ssh' is not on PATH; an interactive session in a qemu pod needs it.",
             "Install it: sudo apt-get install openssh-client (Debian/Ubuntu), or the openssh-client package of your distribution.", "ssh");
 
@@ -115,7 +116,7 @@ public static class OpenSshClient
         }
         catch
         {
-            SecureDelete(Path.Combine(directory, "id"));
+            IO.SecureFile.TryDelete(Path.Combine(directory, "id"));
             try { System.IO.Directory.Delete(directory, recursive: true); } catch (IOException) { }
             identityWatch.Dispose();
             directoryWatch.Dispose();
@@ -133,27 +134,5 @@ public static class OpenSshClient
         });
         file.Write(content);
         file.Flush(flushToDisk: true);
-    }
-
-    /// <summary>Overwrites a file with random bytes, syncs, and deletes it (as melange's secureDelete).</summary>
-    internal static void SecureDelete(string path)
-    {
-        try
-        {
-            if (!File.Exists(path)) return;
-            using (var file = new FileStream(path, FileMode.Open, FileAccess.Write))
-            {
-                var buffer = new byte[4096];
-                for (long left = file.Length; left > 0; left -= buffer.Length)
-                {
-                    RandomNumberGenerator.Fill(buffer);
-                    file.Write(buffer, 0, (int)Math.Min(buffer.Length, left));
-                }
-                file.Flush(flushToDisk: true);
-            }
-            File.Delete(path);
-        }
-        catch (IOException) { try { File.Delete(path); } catch (IOException) { } }
-        catch (UnauthorizedAccessException) { }
     }
 }

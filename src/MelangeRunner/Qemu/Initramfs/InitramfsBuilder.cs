@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
@@ -120,33 +121,6 @@ public static partial class InitramfsBuilder
         Span<byte> magic = stackalloc byte[6];
         using var f = File.OpenRead(path);
         return f.ReadAtLeast(magic, 6, throwOnEndOfStream: false) == 6 && (magic.SequenceEqual("070701"u8) || magic.SequenceEqual("070702"u8));
-    }
-
-    /// <summary>Overwrites a file with random bytes, flushes it to disk and deletes it. A missing file is fine.</summary>
-    public static void SecureDelete(string path)
-    {
-        var st = Native.Libc.LStat(path);
-        if (st == null) return;
-        if (!st.Value.IsRegular) { File.Delete(path); return; }
-        try
-        {
-            if ((st.Value.Permissions & 0x80) == 0) File.SetUnixFileMode(path, UnixFileMode.UserRead | UnixFileMode.UserWrite);
-            using var f = new FileStream(path, FileMode.Open, FileAccess.Write, FileShare.None, 1);
-            long left = f.Length;
-            var buf = new byte[Math.Min(1 << 20, Math.Max(left, 1))];
-            while (left > 0)
-            {
-                int n = (int)Math.Min(buf.Length, left);
-                RandomNumberGenerator.Fill(buf.AsSpan(0, n));
-                f.Write(buf, 0, n);
-                left -= n;
-            }
-            f.Flush(flushToDisk: true);
-        }
-        finally
-        {
-            File.Delete(path);
-        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -571,14 +545,10 @@ public static partial class InitramfsBuilder
                 return files;
             }
         }
-        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/local/bin:/usr/bin:/bin").Split(':', StringSplitOptions.RemoveEmptyEntries))
+        if (HostCommand.FindOnPath(name) is { } program)
         {
-            var candidate = Path.Combine(dir, name);
-            if (File.Exists(candidate) && Path.IsPathRooted(candidate))
-            {
-                events.Verbose($"Additional package {name}: the program {candidate}");
-                return new List<string> { candidate };
-            }
+            events.Verbose($"Additional package {name}: the program {program}");
+            return new List<string> { program };
         }
         throw new MelangeException(ErrorKind.NotInstalled, "AdditionalPackageNotFound",
             $"'{name}' (from {AdditionalPackagesVariable} or -AdditionalPackage) is neither a Debian package installed on this host nor a program on PATH.",
@@ -603,18 +573,9 @@ public static partial class InitramfsBuilder
         return list.Where(l => !l.Contains("..", StringComparison.Ordinal) && Path.GetFileName(l) != "busybox").Order(StringComparer.Ordinal).ToList();
     }
 
-    private static (int ExitCode, string Output) RunCapture(string file, params string[] args)
-    {
-        var psi = new ProcessStartInfo(file) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) psi.ArgumentList.Add(a);
-        psi.Environment["LC_ALL"] = "C";
-        using var p = Process.Start(psi) ?? throw new InvalidOperationException("Cannot start " + file);
-        var err = p.StandardError.ReadToEndAsync();
-        var output = p.StandardOutput.ReadToEnd();
-        p.WaitForExit();
-        _ = err.Result;
-        return (p.ExitCode, output);
-    }
+    // Standard output only, in the C locale: the lists are parsed.
+    private static (int ExitCode, string Output) RunCapture(string file, params string[] args) =>
+        HostCommand.Capture(file, args, includeStandardError: false, new Dictionary<string, string> { ["LC_ALL"] = "C" });
 
     internal static byte[] GuestFile(string name)
     {
@@ -790,7 +751,7 @@ public static partial class InitramfsBuilder
         }
         catch
         {
-            try { SecureDelete(path); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
+            IO.SecureFile.TryDelete(path);
             throw;
         }
     }

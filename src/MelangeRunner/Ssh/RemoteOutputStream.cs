@@ -21,7 +21,7 @@ internal sealed class RemoteOutputStream : Stream
     private readonly Stream _pipe;
     private readonly Task _stderrPump;
     private readonly ConcurrentQueue<string> _stderrTail = new();
-    private readonly GuestSsh.RemoteProcess _process = new();
+    private readonly RemoteProcess _process = new();
     private readonly CancellationTokenRegistration _onLost;
     private bool _ended;
     private Exception? _failure;

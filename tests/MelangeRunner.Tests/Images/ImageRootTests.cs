@@ -1,3 +1,4 @@
+using MelangeRunner.Bubblewrap;
 using MelangeRunner.Images;
 using MelangeRunner.Native;
 using MelangeRunner.Tests.Tar;

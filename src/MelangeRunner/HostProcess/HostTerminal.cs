@@ -1,7 +1,6 @@
-using MelangeRunner.HostProcess;
 using System.Runtime.InteropServices;
 
-namespace MelangeRunner;
+namespace MelangeRunner.HostProcess;
 
 /// <summary>
 /// The host terminal of an interactive session (Enter-MelangePod): whether standard input is one,

@@ -1,3 +1,4 @@
+using MelangeRunner.IO;
 using System.Text.RegularExpressions;
 using MelangeRunner.Tar;
 

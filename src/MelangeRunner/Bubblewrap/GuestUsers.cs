@@ -1,9 +1,9 @@
 using MelangeRunner.Images;
 
-namespace MelangeRunner;
+namespace MelangeRunner.Bubblewrap;
 
 /// <summary>Resolves the RunAs user of a config against the image's /etc/passwd.</summary>
-public static class GuestUsers
+internal static class GuestUsers
 {
     /// <summary>
     /// <paramref name="config"/> with RunAsUID/RunAsGID filled from RunAs: a numeric

@@ -15,7 +15,7 @@ internal static class HostTerminal
     private static int s_warnedNoHelper;
 
     /// <summary>True when this process's standard input is a terminal (not redirected, as in CI).</summary>
-    internal static bool StdinIsTerminal => isatty(0) == 1;
+    internal static bool StdinIsTerminal => Native.Libc.IsTerminal(0);
 
     /// <summary>The host's TERM, or null when it is unset or empty.</summary>
     internal static string? Term => System.Environment.GetEnvironmentVariable("TERM") is { Length: > 0 } t ? t : null;
@@ -62,7 +62,4 @@ internal static class HostTerminal
         catch (OperationCanceledException) { /* still running: the caller kills the tree */ }
         catch (InvalidOperationException) { /* already gone */ }
     }
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern int isatty(int fd);
 }

@@ -135,17 +135,15 @@ public static class HostResources
     /// <summary>/dev/kvm opens read-write and answers KVM_GET_API_VERSION (a bind of /dev/null opens too).</summary>
     internal static bool DeviceOpens()
     {
-        var fd = Open("/dev/kvm", O_RDWR | O_CLOEXEC);
+        var fd = Native.Libc.OpenExisting("/dev/kvm", O_RDWR | O_CLOEXEC);
         if (fd < 0) return false;
-        try { return Ioctl(fd, KVM_GET_API_VERSION, 0) == KVM_API_VERSION; }
-        finally { Close(fd); }
+        try { return Native.Libc.Ioctl(fd, KVM_GET_API_VERSION, 0) == KVM_API_VERSION; }
+        finally { Native.Libc.Close(fd); }
     }
 
     private const nuint KVM_GET_API_VERSION = 0xAE00; // _IO(KVMIO, 0x00)
     private const int KVM_API_VERSION = 12; // stable since Linux 2.6.22
 
-    [DllImport("libc", EntryPoint = "ioctl")]
-    private static extern int Ioctl(int fd, nuint request, nint argument);
 
     private static bool QemuStartsWithKvm(string qemuProgram, string machine)
     {
@@ -181,9 +179,4 @@ public static class HostResources
     private const int O_RDWR = 2;
     private const int O_CLOEXEC = 0x80000;
 
-    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
-    private static extern int Open(string path, int flags);
-
-    [DllImport("libc", EntryPoint = "close")]
-    private static extern int Close(int fd);
 }

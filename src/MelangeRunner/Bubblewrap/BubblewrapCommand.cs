@@ -1,7 +1,7 @@
 namespace MelangeRunner.Bubblewrap;
 
 /// <summary>The bwrap argument vector, built as melange's bubblewrap runner builds it.</summary>
-public static class BubblewrapCommand
+internal static class BubblewrapCommand
 {
     public const string Program = "bwrap";
 

@@ -7,7 +7,7 @@ namespace MelangeRunner.Qemu;
 /// The QEMU_* environment variables melange's qemu runner honours, read and validated once
 /// per pod so that a bad value fails before anything starts.
 /// </summary>
-public sealed partial class QemuEnvironment
+internal sealed partial class QemuEnvironment
 {
     public string? KernelImage { get; init; }
     public string? KernelCmdline { get; init; }
@@ -107,7 +107,7 @@ public sealed partial class QemuEnvironment
 }
 
 /// <summary>A SLIRP network (QEMU_NET_CIDR) and the addresses qemu derives in it.</summary>
-public sealed record SlirpNetwork(IPAddress Network, int PrefixLength)
+internal sealed record SlirpNetwork(IPAddress Network, int PrefixLength)
 {
     public const int MinPrefix = 8;
     public const int MaxPrefix = 28;

@@ -8,7 +8,7 @@ namespace MelangeRunner.Qemu;
 /// the guest; the guest formats the disk itself when the host could not (melange.scratch= on
 /// the kernel command line says which).
 /// </summary>
-public static class ScratchDisk
+internal static class ScratchDisk
 {
     /// <summary>The options of both formatters: inode tables and journal are initialised lazily (the disk is sparse).</summary>
     public static readonly string[] FormatOptions = { "-t", "ext4", "-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1" };

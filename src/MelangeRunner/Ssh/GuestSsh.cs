@@ -12,7 +12,7 @@ namespace MelangeRunner.Ssh;
 /// <param name="ExitCode">The status as a shell reports it: the exit status, or 128 + the signal number.</param>
 /// <param name="ExitStatus">The exit status the server sent, if any.</param>
 /// <param name="Signal">The signal that ended the command ("TERM", "KILL", …), if any.</param>
-public sealed record RemoteExit(int ExitCode, int? ExitStatus, string? Signal)
+internal sealed record RemoteExit(int ExitCode, int? ExitStatus, string? Signal)
 {
     public bool KilledBySignal => Signal is not null;
 

@@ -9,7 +9,7 @@ namespace MelangeRunner.Ssh;
 /// terminal size and modes itself. The files it needs live in a private temporary directory until
 /// <see cref="Dispose"/>.
 /// </summary>
-public sealed class OpenSshSession : IDisposable
+internal sealed class OpenSshSession : IDisposable
 {
     private readonly HostProcess.Reaper.Registration _identityWatch, _directoryWatch;
 
@@ -47,7 +47,7 @@ public sealed class OpenSshSession : IDisposable
     }
 }
 
-public static class OpenSshClient
+internal static class OpenSshClient
 {
     /// <summary>
     /// Writes a known_hosts file holding only the pinned key (for both <c>host</c> and

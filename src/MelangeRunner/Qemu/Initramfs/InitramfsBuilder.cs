@@ -53,7 +53,7 @@ public static partial class InitramfsBuilder
     /// keyed by its inputs) under $XDG_CACHE_HOME/melange-runner/initramfs/&lt;arch&gt;/, built when missing.
     /// </summary>
     /// <param name="env">The QEMU_* variables as the start read them (default: read now).</param>
-    public static Task<string> GetBaseAsync(string arch, string? modulesDir, IEventSink events, CancellationToken ct, QemuEnvironment? env = null) =>
+    internal static Task<string> GetBaseAsync(string arch, string? modulesDir, IEventSink events, CancellationToken ct, QemuEnvironment? env = null) =>
         Task.Run(() => GetBase(arch, modulesDir, env ?? QemuEnvironment.ReadPaths(), events, ct), ct);
 
     /// <summary>

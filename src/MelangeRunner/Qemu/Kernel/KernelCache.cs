@@ -8,7 +8,7 @@ namespace MelangeRunner.Qemu.Kernel;
 /// <c>boot/vmlinux-&lt;version&gt;</c>, one extracted from any other kernel in
 /// <c>melange-runner/vmlinux/&lt;sha256 of the bzImage&gt;.elf</c>.
 /// </summary>
-public static class KernelCache
+internal static class KernelCache
 {
     /// <summary>The metadata file the fetch script writes last: an entry without it is incomplete.</summary>
     public const string MarkerName = "melange-kernel.json";

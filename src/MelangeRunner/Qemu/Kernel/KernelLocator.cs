@@ -11,13 +11,13 @@ namespace MelangeRunner.Qemu.Kernel;
 /// <param name="ModulesDir">The <c>lib/modules/&lt;Version&gt;</c> tree that matches, if found.</param>
 /// <param name="IsElf">Whether <see cref="BootPath"/> is an ELF kernel (booted through its PVH note).</param>
 /// <param name="Source">"QEMU_KERNEL_IMAGE", "/boot/vmlinuz" or "cache".</param>
-public sealed record KernelInfo(string BootPath, string ImagePath, string? Version, string? ModulesDir, bool IsElf, string Source);
+internal sealed record KernelInfo(string BootPath, string ImagePath, string? Version, string? ModulesDir, bool IsElf, string Source);
 
 /// <summary>
 /// melange's getKernelPath, extended: <c>QEMU_KERNEL_IMAGE</c>, else <c>/boot/vmlinuz</c>, else the
 /// newest kernel that <c>tools/Get-MelangeKernel.ps1</c> put in the cache (<see cref="KernelCache"/>).
 /// </summary>
-public static class KernelLocator
+internal static class KernelLocator
 {
     public const string KernelImageVariable = "QEMU_KERNEL_IMAGE";
     public const string BootKernel = "/boot/vmlinuz";

@@ -94,9 +94,12 @@ public sealed class Pod : IDisposable
     /// Starts a pod of <paramref name="runnerName"/> (default: the runner the image was imported
     /// for). Without a workspace in the config, the pod gets a fresh one that it removes when stopped.
     /// </summary>
-    public static async Task<Pod> StartAsync(string? runnerName, PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
+    public static Task<Pod> StartAsync(string? runnerName, PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken) =>
+        StartAsync(RunnerRegistry.Get(runnerName ?? image.Runner), config, image, events, cancellationToken);
+
+    /// <summary><see cref="StartAsync(string?, PodConfig, ImageInfo, IEventSink, CancellationToken)"/> on a given runner (tests use a fake one).</summary>
+    internal static async Task<Pod> StartAsync(IRunner runner, PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
     {
-        var runner = RunnerRegistry.Get(runnerName ?? image.Runner);
         var spec = PodSpec.From(config);
         if (image.Runner != runner.Name)
             throw new MelangeException(ErrorKind.InvalidArgument, "WrongImageRunner",

@@ -33,19 +33,11 @@ function Get-ProcessMemoryKiB([string]$Field) {
 function Reset-PeakRss { [IO.File]::WriteAllText('/proc/self/clear_refs', '5') }
 
 # Runs a command on the pod's control connection (root in the initramfs, not chrooted)
-# through SSH.NET's own API; throws when it fails.
-function Get-PodControlSshClient($Pod) {
-    $c = $Pod.ControlClient
-    # A PodSshClient (role, user, address) hands out the SSH.NET client through GetSshClient().
-    if ($c.PSObject.Methods['GetSshClient']) { $c.GetSshClient() } else { $c }
-}
-
+# through PodSshClient.Run; throws when it fails.
 function Invoke-PodControl($Pod, [string]$Command) {
-    $c = (Get-PodControlSshClient $Pod).RunCommand($Command)
-    try {
-        if ($c.ExitStatus -ne 0) { throw "Control command failed ($($c.ExitStatus)): $Command`n$($c.Error)" }
-        $c.Result
-    } finally { $c.Dispose() }
+    $r = $Pod.ControlClient.Run($Command)
+    if ($r.ExitCode -ne 0) { throw "Control command failed ($($r.ExitCode)): $Command`n$($r.Error)" }
+    $r.Output
 }
 
 <#

@@ -38,7 +38,7 @@ public sealed class GetMelangePodPlanCommand : PodLaunchCmdlet
         var config = BuildConfig(Config);
         try
         {
-            var plan = RunnerRegistry.Get(Runner ?? Image.Runner).Plan(config, Image);
+            var plan = Pod.Plan(Runner, config, Image);
             WriteVerbose(plan.CommandLine);
             WriteObject(plan);
         }

@@ -91,7 +91,18 @@ public interface IImageLoader
     Task RemoveImageAsync(ImageInfo image, CancellationToken cancellationToken);
 }
 
-/// <summary>melange's Runner: one way of running build steps in a throwaway environment.</summary>
+/// <summary>What a runner needs to start one pod.</summary>
+/// <param name="PodId">The pod's id, for messages and names on the host.</param>
+/// <param name="Spec">The checked config, its workspace directory made and absolute.</param>
+/// <param name="Image">An image imported for this runner that still exists.</param>
+public sealed record PodStartRequest(string PodId, PodSpec Spec, ImageInfo Image);
+
+/// <summary>
+/// melange's Runner, as a factory: one way of running build steps in a throwaway environment.
+/// <see cref="Pod"/> checks what every runner would check (the image's runner, that it still
+/// exists, the spec) before it calls <see cref="StartAsync"/>, and the pod's state before every
+/// call into the <see cref="IPodRuntime"/> it returns.
+/// </summary>
 public interface IRunner
 {
     string Name { get; }
@@ -101,24 +112,58 @@ public interface IRunner
 
     IImageLoader ImageLoader { get; }
 
-    /// <summary>What <see cref="StartPodAsync"/> would run, computed without running anything.</summary>
-    PodPlan Plan(PodConfig config, ImageInfo image);
+    /// <summary>What <see cref="StartAsync"/> would run, computed without running anything (Get-MelangePodPlan).</summary>
+    PodPlan Plan(PodSpec spec, ImageInfo image);
 
-    Task<Pod> StartPodAsync(PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken);
-
-    /// <summary>Runs a command in the pod, streaming its output to <paramref name="events"/>; returns its exit status.</summary>
-    Task<int> RunAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken);
-
-    Task TerminatePodAsync(Pod pod, IEventSink events, CancellationToken cancellationToken);
-
-    /// <summary>A tar stream of melange-out, the extra files and the license files of the workspace.</summary>
-    Task<Stream> WorkspaceTarAsync(Pod pod, IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken);
-
-    Task<ReleaseData> GetReleaseDataAsync(Pod pod, IEventSink events, CancellationToken cancellationToken);
+    /// <summary>melange's StartPod: the pod is running when the returned runtime is.</summary>
+    Task<IPodRuntime> StartAsync(PodStartRequest request, IEventSink events, CancellationToken cancellationToken);
 }
 
-/// <summary>melange's Debugger: an interactive session on the caller's terminal.</summary>
-public interface IDebugger
+/// <summary>
+/// One running pod of one runner: it owns everything the pod holds on the host (processes,
+/// connections, files, keys) and gives it back in <see cref="StopAsync"/>. Only
+/// <see cref="Pod"/> calls it, and only while the pod is running (StopAsync aside).
+/// </summary>
+public interface IPodRuntime
 {
-    Task<int> DebugAsync(Pod pod, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken);
+    /// <summary>The spec the pod runs with (the runner may have resolved RunAs to ids).</summary>
+    PodSpec Spec { get; }
+
+    /// <summary>What users may see of the runtime (endpoints, process ids); never keys or connections.</summary>
+    PodRuntimeView View { get; }
+
+    /// <summary>Why the pod stopped working on its own (a VM that died), or null while it works.</summary>
+    string? FailureReason { get; }
+
+    /// <summary>melange's Run: streams the command's output to <paramref name="events"/>; returns its exit status.</summary>
+    Task<int> RunAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken);
+
+    /// <summary>melange's WorkspaceTar: melange-out, the extra files and the license files (<see cref="Workspace.IsLicenseFile"/>).</summary>
+    Task<Stream> WorkspaceTarAsync(IReadOnlyList<string> extraFiles, IEventSink events, CancellationToken cancellationToken);
+
+    /// <summary>melange's GetReleaseData: the build environment's os-release, or null when it has none.</summary>
+    Task<ReleaseData?> GetReleaseDataAsync(IEventSink events, CancellationToken cancellationToken);
+
+    /// <summary>melange's TerminatePod and Close; called once, also after a failure.</summary>
+    Task StopAsync(IEventSink events, CancellationToken cancellationToken);
+}
+
+/// <summary>melange's Debugger: a runtime that has interactive sessions on the caller's terminal.</summary>
+public interface IInteractivePodRuntime : IPodRuntime
+{
+    Task<int> DebugAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken);
+}
+
+/// <summary>The user-facing part of a runtime, shown on <see cref="Pod"/>; everything is optional.</summary>
+public sealed record PodRuntimeView
+{
+    public static PodRuntimeView None { get; } = new();
+
+    public string? SshAddress { get; init; }
+    public string? SshControlAddress { get; init; }
+    public PodSshClient? BuildClient { get; init; }
+    public PodSshClient? ControlClient { get; init; }
+    public PodSshClient? ControlBuildClient { get; init; }
+    public int? QemuPid { get; init; }
+    public int? VirtiofsdPid { get; init; }
 }

@@ -87,38 +87,6 @@ public sealed class PodConfig
     /// <summary>qemu: "auto" (KVM where it really runs guests, else TCG; also when empty), "kvm" or "tcg".</summary>
     public string? Accelerator { get; set; }
 
-    /// <summary>
-    /// The environment of one step, the same on every runner, each layer over the one before:
-    /// melange's default PATH (<see cref="Defaults.Path"/>), the image config's Env ("K=V", as
-    /// OCI writes it), this config's Environment, then the call's own variables.
-    /// </summary>
-    public Dictionary<string, string> StepEnvironment(IEnumerable<string>? imageEnv, IReadOnlyDictionary<string, string>? call)
-    {
-        var env = new Dictionary<string, string>(StringComparer.Ordinal);
-        foreach (var (k, v) in BaseEnvironment(imageEnv, call)) env[k] = v;
-        foreach (var (k, v) in Environment) env[k] = v;
-        if (call is not null) foreach (var (k, v) in call) env[k] = v;
-        return env;
-    }
-
-    /// <summary>
-    /// The layers under this config's Environment for a step: melange's default PATH unless the
-    /// image, this config or the call's variables (<paramref name="call"/>) set one, then the image
-    /// config's Env entries.
-    /// </summary>
-    public IEnumerable<KeyValuePair<string, string>> BaseEnvironment(IEnumerable<string>? imageEnv, IReadOnlyDictionary<string, string>? call)
-    {
-        var image = new List<KeyValuePair<string, string>>();
-        foreach (var kv in imageEnv ?? Array.Empty<string>())
-        {
-            var eq = kv.IndexOf('=');
-            if (eq > 0) image.Add(new(kv[..eq], kv[(eq + 1)..]));
-        }
-        if (!image.Any(kv => kv.Key == "PATH") && !Environment.ContainsKey("PATH") && call?.ContainsKey("PATH") != true)
-            image.Insert(0, new("PATH", Defaults.Path));
-        return image;
-    }
-
     /// <summary>A deep copy, so that a started pod is not changed by later edits to the config.</summary>
     public PodConfig Clone() => new()
     {
@@ -147,33 +115,8 @@ public sealed class PodConfig
 
     /// <summary>
     /// Checks every field that has a format (sizes, capabilities, mounts) and throws
-    /// <see cref="MelangeException"/> naming the first that is wrong; capability names are
-    /// normalised (net_admin → CAP_NET_ADMIN).
+    /// <see cref="MelangeException"/> naming the first that is wrong. The config is not changed:
+    /// <see cref="PodSpec.From"/> is the normalised, frozen form a pod starts from.
     /// </summary>
-    public void Validate()
-    {
-        if (Memory is { Length: > 0 }) SizeParser.ParseToKiB(Memory, nameof(Memory));
-        if (Disk is { Length: > 0 }) SizeParser.ParseToKiB(Disk, nameof(Disk));
-        if (CPU is { Length: > 0 } && (!int.TryParse(CPU, out var cpus) || cpus < 1))
-            throw new MelangeException(ErrorKind.InvalidArgument, "BadCpu",
-                $"CPU '{CPU}' is not a positive whole number of vCPUs.", "Pass -Cpu as a number such as 2.");
-        if (Accelerator is { Length: > 0 }) Accelerator = Qemu.AcceleratorChoice.Normalize(Accelerator, "-Accelerator");
-        Capabilities.Add = Capability.Normalize(Capabilities.Add);
-        Capabilities.Drop = Capability.Normalize(Capabilities.Drop);
-        foreach (var m in Mounts)
-        {
-            if (string.IsNullOrEmpty(m.Source) || string.IsNullOrEmpty(m.Destination))
-                throw new MelangeException(ErrorKind.InvalidArgument, "BadMount",
-                    $"Mount '{m}' needs both a source and a destination.", "Write mounts as SOURCE:DESTINATION.");
-            if (!m.Destination.StartsWith('/'))
-                throw new MelangeException(ErrorKind.InvalidArgument, "BadMount",
-                    $"Mount destination '{m.Destination}' is not an absolute path in the pod.", "Give the destination as an absolute path such as /opt/src.");
-        }
-        foreach (var key in Environment.Keys)
-        {
-            if (key.Length == 0 || key.Contains('=') || key.Contains('\0'))
-                throw new MelangeException(ErrorKind.InvalidArgument, "BadEnvironment",
-                    $"Environment variable name '{key}' is not valid.", "Use names without '=' or NUL characters.");
-        }
-    }
+    public void Validate() => _ = PodSpec.From(this);
 }

@@ -34,7 +34,9 @@ Describe 'The module' {
 
     It 'loads its dependencies in its own AssemblyLoadContext' {
         [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext([MelangeRunner.Pod].Assembly).Name | Should -Be 'Default'
-        $sshClient = [MelangeRunner.PodSshClient].GetMethod('GetSshClient').ReturnType
+        # No public member hands out an SSH.NET type: resolve the engine's reference to it as the runtime would.
+        $sshNet = [MelangeRunner.Pod].Assembly.GetReferencedAssemblies() | Where-Object Name -eq 'Renci.SshNet'
+        $sshClient = [System.Runtime.Loader.AssemblyLoadContext]::Default.LoadFromAssemblyName($sshNet).GetType('Renci.SshNet.SshClient', $true)
         $sshClient.FullName | Should -Be 'Renci.SshNet.SshClient'
         [System.Runtime.Loader.AssemblyLoadContext]::GetLoadContext($sshClient.Assembly).Name | Should -Be 'MelangeRunner'
     }
@@ -48,7 +50,8 @@ Describe 'The module' {
 Add-Type -Path '$old'
 Import-Module '$script:ModuleManifest'
 # SSH.NET's client needs Logging.Abstractions 8: constructing one loads it in the module's context.
-`$sshClient = [MelangeRunner.PodSshClient].GetMethod('GetSshClient').ReturnType
+`$sshNet = [MelangeRunner.Pod].Assembly.GetReferencedAssemblies() | Where-Object Name -eq 'Renci.SshNet'
+`$sshClient = [System.Runtime.Loader.AssemblyLoadContext]::Default.LoadFromAssemblyName(`$sshNet).GetType('Renci.SshNet.SshClient', `$true)
 `$client = [Activator]::CreateInstance(`$sshClient, [object[]]@('127.0.0.1', 'root', 'x'))
 `$client.Dispose()
 [AppDomain]::CurrentDomain.GetAssemblies() | Where-Object { `$_.GetName().Name -eq 'Microsoft.Extensions.Logging.Abstractions' } |

@@ -1,7 +1,7 @@
 namespace MelangeRunner.Bubblewrap;
 
 /// <summary>The bwrap argument vector, built as melange's bubblewrap runner builds it.</summary>
-public static class BubblewrapCommand
+internal static class BubblewrapCommand
 {
     public const string Program = "bwrap";
 
@@ -9,11 +9,11 @@ public static class BubblewrapCommand
     /// <param name="mounts">Bind mounts after the root, in order.</param>
     /// <param name="config">The pod config (user, capabilities, networking).</param>
     /// <param name="interactive">For a terminal session: no --new-session, which would break job control.</param>
-    /// <param name="baseEnvironment">What comes before the config's environment: melange's PATH and the image's Env (<see cref="PodConfig.BaseEnvironment"/>).</param>
+    /// <param name="baseEnvironment">What comes before the config's environment: melange's PATH and the image's Env (<see cref="PodSpec.BaseEnvironment"/>).</param>
     /// <param name="environmentOverride">Per-call variables, set after (so over) the config's.</param>
     /// <param name="command">The command to run in the sandbox.</param>
     /// <param name="hostIsRoot">Whether bwrap runs as root; a root build without it needs a user namespace.</param>
-    public static string[] Build(string rootfs, IEnumerable<BindMount> mounts, PodConfig config, bool interactive,
+    public static string[] Build(string rootfs, IEnumerable<BindMount> mounts, PodSpec config, bool interactive,
         IEnumerable<KeyValuePair<string, string>> baseEnvironment, IReadOnlyDictionary<string, string>? environmentOverride,
         IEnumerable<string> command, bool hostIsRoot)
     {
@@ -57,7 +57,7 @@ public static class BubblewrapCommand
     /// melange's rules: RunAsUID (with RunAsGID, else the same id); else root when RunAs asks
     /// for it (a user namespace only when bwrap itself is not root); else the build user 1000.
     /// </summary>
-    public static (string? Uid, string? Gid) SandboxUser(PodConfig config, bool hostIsRoot)
+    public static (string? Uid, string? Gid) SandboxUser(PodSpec config, bool hostIsRoot)
     {
         if (!string.IsNullOrEmpty(config.RunAsUID))
             return (config.RunAsUID, string.IsNullOrEmpty(config.RunAsGID) ? config.RunAsUID : config.RunAsGID);

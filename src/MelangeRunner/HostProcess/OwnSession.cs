@@ -12,7 +12,7 @@ namespace MelangeRunner.HostProcess;
 /// </summary>
 internal static class OwnSession
 {
-    private static readonly Lazy<string?> Setsid = new(() => PodProcess.FindOnPath("setsid"));
+    private static readonly Lazy<string?> Setsid = new(() => HostCommand.FindOnPath("setsid"));
 
     /// <summary>Rewrites <paramref name="start"/> to run its program under setsid, when setsid exists.</summary>
     public static ProcessStartInfo Apply(ProcessStartInfo start)

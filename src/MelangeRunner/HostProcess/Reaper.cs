@@ -109,19 +109,12 @@ internal static class Reaper
         if (_failed) return false;
         try
         {
-            var start = new ProcessStartInfo("/bin/sh")
-            {
-                RedirectStandardInput = true,
-                UseShellExecute = false,
-            };
-            start.ArgumentList.Add("-c");
-            start.ArgumentList.Add(Script.Value);
-            start.ArgumentList.Add("melange-reaper");
-            _watcher = Process.Start(start)!;
+            // Its output stays the engine's own: nothing reads it, so nothing can block it.
+            _watcher = HostCommand.Start("/bin/sh", new[] { "-c", Script.Value, "melange-reaper" }, redirectInput: true, redirectOutput: false);
             _input = new StreamWriter(_watcher.StandardInput.BaseStream, new UTF8Encoding(false)) { AutoFlush = false };
             return true;
         }
-        catch (Exception e) when (e is System.ComponentModel.Win32Exception or IOException)
+        catch (Exception e) when (e is MelangeException or IOException)
         {
             _failed = true;
             return false;

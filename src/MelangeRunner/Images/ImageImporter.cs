@@ -9,7 +9,7 @@ namespace MelangeRunner.Images;
 /// or "+bzip2" when compressed), "oci-layout", "oci-archive" or "docker-archive" — and the
 /// architecture of the image taken from it, apko-style (x86_64, aarch64…).
 /// </summary>
-public sealed record ImageSourceInfo(string Kind, string Arch, IReadOnlyList<string> Env);
+internal sealed record ImageSourceInfo(string Kind, string Arch, IReadOnlyList<string> Env);
 
 /// <summary>
 /// How an import may use the host: independent of any PodConfig, since an image is imported
@@ -91,7 +91,7 @@ internal sealed class ExpansionBudget
 }
 
 /// <summary>Turns an image on disk (detected by content) into a rootfs directory or one flattened rootfs tar.</summary>
-public static class ImageImporter
+internal static class ImageImporter
 {
     const string Activity = "Importing image";
 

@@ -181,6 +181,21 @@ public static unsafe class Libc
 
     public static int Close(int fd) => close_(fd) == 0 ? 0 : Errno;
 
+    /// <summary>open(2) of an existing file with <paramref name="flags"/>; the descriptor, or -1.</summary>
+    public static int OpenExisting(string path, int flags) => open_(path, flags, 0);
+
+    /// <summary>ioctl(2) with an integer argument; its result (-1 on error).</summary>
+    public static int Ioctl(int fd, nuint request, nint argument) => ioctl_(fd, request, argument);
+
+    [DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
+    static extern int ioctl_(int fd, nuint request, nint argument);
+
+    /// <summary>isatty(3): whether the descriptor is a terminal.</summary>
+    public static bool IsTerminal(int fd) => isatty_(fd) == 1;
+
+    [DllImport("libc", EntryPoint = "isatty", SetLastError = true)]
+    static extern int isatty_(int fd);
+
     public const int SIGTERM = 15;
 
     /// <summary>kill(2); returns 0 or the errno.</summary>

@@ -3,7 +3,7 @@ namespace MelangeRunner.Qemu;
 /// <summary>The accelerator a qemu pod boots with, and why (a clause: "/dev/kvm is missing…", "-Accelerator tcg asks for it"): shown by -Verbose, Get-MelangePodPlan and Get-MelangeRunner.</summary>
 /// <param name="Accelerator">"kvm" or "tcg".</param>
 /// <param name="Pinned">The user asked for it (-Accelerator or the environment variable): no fallback.</param>
-public sealed record AcceleratorChoice(string Accelerator, string Reason, bool Pinned)
+internal sealed record AcceleratorChoice(string Accelerator, string Reason, bool Pinned)
 {
     public const string Auto = "auto", Kvm = "kvm", Tcg = "tcg";
 

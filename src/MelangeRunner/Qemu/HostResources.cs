@@ -135,33 +135,22 @@ public static class HostResources
     /// <summary>/dev/kvm opens read-write and answers KVM_GET_API_VERSION (a bind of /dev/null opens too).</summary>
     internal static bool DeviceOpens()
     {
-        var fd = Open("/dev/kvm", O_RDWR | O_CLOEXEC);
+        var fd = Native.Libc.OpenExisting("/dev/kvm", O_RDWR | O_CLOEXEC);
         if (fd < 0) return false;
-        try { return Ioctl(fd, KVM_GET_API_VERSION, 0) == KVM_API_VERSION; }
-        finally { Close(fd); }
+        try { return Native.Libc.Ioctl(fd, KVM_GET_API_VERSION, 0) == KVM_API_VERSION; }
+        finally { Native.Libc.Close(fd); }
     }
 
     private const nuint KVM_GET_API_VERSION = 0xAE00; // _IO(KVMIO, 0x00)
     private const int KVM_API_VERSION = 12; // stable since Linux 2.6.22
 
-    [DllImport("libc", EntryPoint = "ioctl")]
-    private static extern int Ioctl(int fd, nuint request, nint argument);
 
     private static bool QemuStartsWithKvm(string qemuProgram, string machine)
     {
-        var start = new System.Diagnostics.ProcessStartInfo(qemuProgram)
-        {
-            RedirectStandardInput = true,
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in new[] { "-accel", "kvm", "-cpu", "host", "-machine", machine, "-nodefaults", "-display", "none",
-                     "-no-user-config", "-S", "-qmp", "stdio" })
-            start.ArgumentList.Add(a);
         try
         {
-            using var process = System.Diagnostics.Process.Start(start)!;
+            using var process = HostProcess.HostCommand.Start(qemuProgram, new[] { "-accel", "kvm", "-cpu", "host", "-machine", machine, "-nodefaults",
+                "-display", "none", "-no-user-config", "-S", "-qmp", "stdio" }, redirectInput: true);
             process.StandardInput.WriteLine("{\"execute\":\"qmp_capabilities\"}");
             process.StandardInput.WriteLine("{\"execute\":\"quit\"}");
             process.StandardInput.Close();
@@ -174,9 +163,9 @@ public static class HostResources
             }
             return process.ExitCode == 0;
         }
-        catch (System.ComponentModel.Win32Exception)
+        catch (MelangeException)
         {
-            return false;
+            return false; // not startable
         }
     }
 
@@ -190,9 +179,4 @@ public static class HostResources
     private const int O_RDWR = 2;
     private const int O_CLOEXEC = 0x80000;
 
-    [DllImport("libc", EntryPoint = "open", SetLastError = true)]
-    private static extern int Open(string path, int flags);
-
-    [DllImport("libc", EntryPoint = "close")]
-    private static extern int Close(int fd);
 }

@@ -81,7 +81,7 @@ internal static class KvmDecisionCache
             var modules = string.Join(',', new[] { "kvm_intel", "kvm_amd", "kvm_pvm" }.Where(m => Directory.Exists("/sys/module/" + m)));
             var key = $"{target.FullName}|{target.Length}|{target.LastWriteTimeUtc.Ticks}|{machine}|{bootId}|{device}|{modules}";
             var hash = Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(System.Text.Encoding.UTF8.GetBytes(key)))[..16].ToLowerInvariant();
-            return Path.Combine(Kernel.KernelCache.Root, "kvm", hash);
+            return Path.Combine(HostCache.KvmDecisions, hash);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {

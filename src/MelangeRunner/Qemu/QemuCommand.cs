@@ -3,7 +3,7 @@ using System.Globalization;
 namespace MelangeRunner.Qemu;
 
 /// <summary>Everything that decides the qemu command line of one pod.</summary>
-public sealed record QemuLaunch
+internal sealed record QemuLaunch
 {
     /// <summary>Guest architecture, apko name (x86_64, aarch64).</summary>
     public required string Arch { get; init; }
@@ -37,7 +37,7 @@ public sealed record QemuLaunch
 }
 
 /// <summary>The qemu argument vector, as melange's qemu runner builds it.</summary>
-public static class QemuCommand
+internal static class QemuCommand
 {
     public static string Program(string arch) => $"qemu-system-{arch}";
 

@@ -7,7 +7,7 @@ namespace MelangeRunner.Qemu;
 /// The QEMU_* environment variables melange's qemu runner honours, read and validated once
 /// per pod so that a bad value fails before anything starts.
 /// </summary>
-public sealed partial class QemuEnvironment
+internal sealed partial class QemuEnvironment
 {
     public string? KernelImage { get; init; }
     public string? KernelCmdline { get; init; }
@@ -58,6 +58,24 @@ public sealed partial class QemuEnvironment
         };
     }
 
+    /// <summary>
+    /// Only the variables that name host paths and packages (QEMU_KERNEL_IMAGE, QEMU_KERNEL_MODULES,
+    /// QEMU_BASE_INITRAMFS, QEMU_ADDITIONAL_PACKAGES), which need no validation: for the kernel
+    /// lookup and the initramfs outside a pod start (New-MelangeInitramfs, Get-MelangeRunner).
+    /// </summary>
+    public static QemuEnvironment ReadPaths(Func<string, string?>? get = null)
+    {
+        get ??= Environment.GetEnvironmentVariable;
+        string? Value(string name) => get(name) is { Length: > 0 } v ? v : null;
+        return new QemuEnvironment
+        {
+            KernelImage = Value("QEMU_KERNEL_IMAGE"),
+            KernelModules = Value("QEMU_KERNEL_MODULES"),
+            BaseInitramfs = Value("QEMU_BASE_INITRAMFS"),
+            AdditionalPackages = Value("QEMU_ADDITIONAL_PACKAGES"),
+        };
+    }
+
     // Go's strconv.ParseBool.
     private static bool ParseBool(string value) => value is "1" or "t" or "T" or "true" or "TRUE" or "True";
 
@@ -89,7 +107,7 @@ public sealed partial class QemuEnvironment
 }
 
 /// <summary>A SLIRP network (QEMU_NET_CIDR) and the addresses qemu derives in it.</summary>
-public sealed record SlirpNetwork(IPAddress Network, int PrefixLength)
+internal sealed record SlirpNetwork(IPAddress Network, int PrefixLength)
 {
     public const int MinPrefix = 8;
     public const int MaxPrefix = 28;

@@ -1,3 +1,5 @@
+using MelangeRunner.HostProcess;
+
 namespace MelangeRunner.Qemu;
 
 /// <summary>
@@ -6,14 +8,14 @@ namespace MelangeRunner.Qemu;
 /// the guest; the guest formats the disk itself when the host could not (melange.scratch= on
 /// the kernel command line says which).
 /// </summary>
-public static class ScratchDisk
+internal static class ScratchDisk
 {
     /// <summary>The options of both formatters: inode tables and journal are initialised lazily (the disk is sparse).</summary>
     public static readonly string[] FormatOptions = { "-t", "ext4", "-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1" };
 
     /// <summary>The host's mke2fs, or null (Debian keeps it in /sbin, which is not on a user's PATH).</summary>
     public static string? HostFormatter() =>
-        new[] { "/sbin/mke2fs", "/usr/sbin/mke2fs" }.FirstOrDefault(File.Exists) ?? PodProcess.FindOnPath("mke2fs");
+        new[] { "/sbin/mke2fs", "/usr/sbin/mke2fs" }.FirstOrDefault(File.Exists) ?? HostCommand.FindOnPath("mke2fs");
 
     /// <summary>Creates the sparse disk in <paramref name="directory"/> and formats it if the host can.</summary>
     /// <returns>The disk's path, and whether it is formatted.</returns>
@@ -44,7 +46,7 @@ public static class ScratchDisk
         }
         var arguments = FormatOptions.Append(path).ToArray();
         events.Verbose("Running: " + ShellQuote.Join(arguments.Prepend(mke2fs)));
-        var (code, output) = PodProcess.Capture(mke2fs, arguments);
+        var (code, output) = HostCommand.Capture(mke2fs, arguments);
         if (code == 0) return true;
         events.Verbose($"mke2fs exited with {code} ({output.Trim()}): the guest formats the scratch disk.");
         return false;

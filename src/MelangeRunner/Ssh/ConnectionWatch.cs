@@ -1,25 +1,21 @@
-using System.Runtime.CompilerServices;
 using Renci.SshNet;
 
 namespace MelangeRunner.Ssh;
 
 /// <summary>
-/// Per-client "the connection is gone" signal. SSH.NET does not reliably end a running command
+/// The "connection is gone" signal of one <see cref="SshConnection"/>. SSH.NET does not reliably end a running command
 /// when its own side closes the session (a keepalive giving up) or when the peer vanishes
 /// without a FIN, so commands watch this as well as their channel.
 /// </summary>
 internal sealed class ConnectionWatch
 {
-    private static readonly ConditionalWeakTable<SshClient, ConnectionWatch> Watches = new();
     private readonly CancellationTokenSource _lost = new();
     private string? _reason;
 
-    private ConnectionWatch(SshClient client)
+    public ConnectionWatch(SshClient client)
     {
         client.ErrorOccurred += (_, e) => MarkLost($"the SSH session failed: {e.Exception.Message}");
     }
-
-    public static ConnectionWatch For(SshClient client) => Watches.GetValue(client, c => new ConnectionWatch(c));
 
     public CancellationToken Lost => _lost.Token;
     public bool IsLost => _lost.IsCancellationRequested;

@@ -12,7 +12,7 @@ namespace MelangeRunner.Ssh;
 /// <param name="ExitCode">The status as a shell reports it: the exit status, or 128 + the signal number.</param>
 /// <param name="ExitStatus">The exit status the server sent, if any.</param>
 /// <param name="Signal">The signal that ended the command ("TERM", "KILL", …), if any.</param>
-public sealed record RemoteExit(int ExitCode, int? ExitStatus, string? Signal)
+internal sealed record RemoteExit(int ExitCode, int? ExitStatus, string? Signal)
 {
     public bool KilledBySignal => Signal is not null;
 
@@ -24,9 +24,9 @@ public sealed record RemoteExit(int ExitCode, int? ExitStatus, string? Signal)
 /// with streamed output, and binary output as a stream (melange's sshDialWithTimeout,
 /// getHostKey and sendSSHCommand).
 /// </summary>
-public static class GuestSsh
+internal static class GuestSsh
 {
-    private static readonly UTF8Encoding Utf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: false);
+    internal static readonly UTF8Encoding Utf8 = new(encoderShouldEmitUTF8Identifier: false, throwOnInvalidBytes: false);
 
     /// <summary>How often a running command checks that its client is still connected.</summary>
     internal static TimeSpan ConnectionPoll { get; set; } = TimeSpan.FromSeconds(1);
@@ -37,8 +37,8 @@ public static class GuestSsh
     /// handshake before authentication with MelangeException(SecurityError, "HostKeyMismatch").
     /// Only loopback addresses are accepted. Connect and handshake are bounded by <paramref name="timeout"/>.
     /// </summary>
-    public static async Task<SshClient> ConnectAsync(string host, int port, string user, SshKeyPair clientKey, byte[] pinnedHostKeyBlob,
-        TimeSpan timeout, CancellationToken ct)
+    public static async Task<SshConnection> ConnectAsync(string host, int port, string user, SshKeyPair clientKey, byte[] pinnedHostKeyBlob,
+        TimeSpan timeout, CancellationToken ct, string role = "ssh")
     {
         ArgumentNullException.ThrowIfNull(clientKey);
         ArgumentNullException.ThrowIfNull(pinnedHostKeyBlob);
@@ -76,8 +76,10 @@ public static class GuestSsh
         bounded.CancelAfter(timeout);
         try
         {
+            // The watch subscribes to the client's errors before the session can report one.
+            var connection = new SshConnection(client, role);
             await client.ConnectAsync(bounded.Token).ConfigureAwait(false);
-            return client;
+            return connection;
         }
         catch (Exception e)
         {
@@ -149,18 +151,19 @@ public static class GuestSsh
     /// Cancellation sends the command SIGTERM and throws OperationCanceledException; a lost
     /// connection throws MelangeException(ConnectionError, "SshConnectionLost").
     /// </summary>
-    public static async Task<int> RunAsync(SshClient client, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
-        => (await RunWithExitAsync(client, commandLine, standardOutputLine, standardErrorLine, ct).ConfigureAwait(false)).ExitCode;
+    public static async Task<int> RunAsync(SshConnection connection, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
+        => (await RunWithExitAsync(connection, commandLine, standardOutputLine, standardErrorLine, ct).ConfigureAwait(false)).ExitCode;
 
     /// <summary><see cref="RunAsync"/>, telling an exit status from a signal.</summary>
-    public static async Task<RemoteExit> RunWithExitAsync(SshClient client, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
+    public static async Task<RemoteExit> RunWithExitAsync(SshConnection connection, string commandLine, Action<string> standardOutputLine, Action<string> standardErrorLine, CancellationToken ct)
     {
-        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(connection);
+        var client = connection.Client;
         ArgumentException.ThrowIfNullOrEmpty(commandLine);
         ArgumentNullException.ThrowIfNull(standardOutputLine);
         ArgumentNullException.ThrowIfNull(standardErrorLine);
         ct.ThrowIfCancellationRequested();
-        var watch = ConnectionWatch.For(client);
+        var watch = connection.Watch;
         using var run = CancellationTokenSource.CreateLinkedTokenSource(ct);
         var command = Start(client, watch, commandLine, run.Token, out var exec);
         using (command)
@@ -213,13 +216,13 @@ public static class GuestSsh
     /// channel data as it arrives rather than as it is read, so memory stays flat only while the
     /// reader keeps up with the network: read it continuously.
     /// </summary>
-    public static Task<Stream> OpenOutputStreamAsync(SshClient client, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
+    public static Task<Stream> OpenOutputStreamAsync(SshConnection connection, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
     {
-        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(connection);
         ArgumentException.ThrowIfNullOrEmpty(commandLine);
         ArgumentNullException.ThrowIfNull(standardErrorLine);
         ct.ThrowIfCancellationRequested();
-        return Task.FromResult<Stream>(new RemoteOutputStream(client, commandLine, standardErrorLine, ct));
+        return Task.FromResult<Stream>(new RemoteOutputStream(connection, commandLine, standardErrorLine, ct));
     }
 
     // ----------------------------------------------------------------------------------------
@@ -330,54 +333,6 @@ public static class GuestSsh
             return true;
         }
         return await Task.WhenAny(both, Task.Delay(limit.Value)).ConfigureAwait(false) == both;
-    }
-
-    /// <summary>The session's process id, announced on standard error; kills its process group.</summary>
-    internal sealed class RemoteProcess
-    {
-        private const string Marker = "\u001eMELANGE-PID ";
-        // sshd and dropbear start each session with setsid(): the shell's $$ is the process group id.
-        // Standard input is /dev/null, as for a bubblewrap pod: nothing feeds the channel, and a
-        // step that reads stdin must see end of file rather than wait for ever.
-        internal const string Announce = "exec </dev/null; printf '\\036MELANGE-PID %s\\n' \"$$\" >&2; ";
-        private int _seen;
-        private readonly TaskCompletionSource _firstLine = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public int? Pid { get; private set; }
-
-        /// <summary>True when <paramref name="line"/> is the announcement (the first stderr line), which is then not shown.</summary>
-        public bool TryConsume(string line)
-        {
-            if (Interlocked.Exchange(ref _seen, 1) != 0) return false;
-            try
-            {
-                if (!line.StartsWith(Marker, StringComparison.Ordinal) || !int.TryParse(line.AsSpan(Marker.Length), out var pid) || pid <= 1) return false;
-                Pid = pid;
-                return true;
-            }
-            finally
-            {
-                _firstLine.TrySetResult();
-            }
-        }
-
-        /// <summary>SIGTERM to the command's process group, SIGKILL 3 s later if it is still there; bounded, never throws.</summary>
-        public async Task KillAsync(SshClient client)
-        {
-            // Standard output can arrive before the announcement on standard error (separate
-            // streams): a stop right after the first output waits a moment for the process id.
-            if (Pid is null) await Task.WhenAny(_firstLine.Task, Task.Delay(TimeSpan.FromSeconds(2))).ConfigureAwait(false);
-            if (Pid is not { } pid || !client.IsConnected) return;
-            var kill = $"kill -TERM -- -{pid} 2>/dev/null || kill -TERM {pid} 2>/dev/null; " +
-                       $"(sleep 3; kill -0 -- -{pid} 2>/dev/null && kill -KILL -- -{pid}) </dev/null >/dev/null 2>&1 & true";
-            try
-            {
-                using var command = client.CreateCommand(kill, Utf8);
-                using var bounded = new CancellationTokenSource(TimeSpan.FromSeconds(5));
-                await command.ExecuteAsync(bounded.Token).ConfigureAwait(false);
-            }
-            catch (Exception e) when (e is OperationCanceledException || IsConnectionFailure(e) || e is InvalidOperationException) { }
-        }
     }
 
     private static int SignalNumber(string name) => name.ToUpperInvariant() switch

@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Security.Cryptography;
 using System.Text;
 
@@ -8,7 +9,7 @@ namespace MelangeRunner.Ssh;
 /// terminal size and modes itself. The files it needs live in a private temporary directory until
 /// <see cref="Dispose"/>.
 /// </summary>
-public sealed class OpenSshSession : IDisposable
+internal sealed class OpenSshSession : IDisposable
 {
     private readonly HostProcess.Reaper.Registration _identityWatch, _directoryWatch;
 
@@ -38,7 +39,7 @@ public sealed class OpenSshSession : IDisposable
     /// <summary>Overwrites the private key file with random bytes, then deletes both files and the directory.</summary>
     public void Dispose()
     {
-        OpenSshClient.SecureDelete(IdentityPath);
+        IO.SecureFile.TryDelete(IdentityPath);
         try { File.Delete(KnownHostsPath); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         try { System.IO.Directory.Delete(Directory, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
         _identityWatch.Dispose();
@@ -46,7 +47,7 @@ public sealed class OpenSshSession : IDisposable
     }
 }
 
-public static class OpenSshClient
+internal static class OpenSshClient
 {
     /// <summary>
     /// Writes a known_hosts file holding only the pinned key (for both <c>host</c> and
@@ -67,7 +68,7 @@ public static class OpenSshClient
         ArgumentOutOfRangeException.ThrowIfLessThan(port, 1);
         ArgumentOutOfRangeException.ThrowIfGreaterThan(port, 65535);
 
-        var ssh = PodProcess.FindOnPath("ssh") ?? throw new MelangeException(ErrorKind.NotInstalled, "OpenSshClientNotFound",
+        var ssh = HostCommand.FindOnPath("ssh") ?? throw new MelangeException(ErrorKind.NotInstalled, "OpenSshClientNotFound",
             "The OpenSSH client 'ssh' is not on PATH; an interactive session in a qemu pod needs it.",
             "Install it: sudo apt-get install openssh-client (Debian/Ubuntu), or the openssh-client package of your distribution.", "ssh");
 
@@ -115,7 +116,7 @@ public static class OpenSshClient
         }
         catch
         {
-            SecureDelete(Path.Combine(directory, "id"));
+            IO.SecureFile.TryDelete(Path.Combine(directory, "id"));
             try { System.IO.Directory.Delete(directory, recursive: true); } catch (IOException) { }
             identityWatch.Dispose();
             directoryWatch.Dispose();
@@ -133,27 +134,5 @@ public static class OpenSshClient
         });
         file.Write(content);
         file.Flush(flushToDisk: true);
-    }
-
-    /// <summary>Overwrites a file with random bytes, syncs, and deletes it (as melange's secureDelete).</summary>
-    internal static void SecureDelete(string path)
-    {
-        try
-        {
-            if (!File.Exists(path)) return;
-            using (var file = new FileStream(path, FileMode.Open, FileAccess.Write))
-            {
-                var buffer = new byte[4096];
-                for (long left = file.Length; left > 0; left -= buffer.Length)
-                {
-                    RandomNumberGenerator.Fill(buffer);
-                    file.Write(buffer, 0, (int)Math.Min(buffer.Length, left));
-                }
-                file.Flush(flushToDisk: true);
-            }
-            File.Delete(path);
-        }
-        catch (IOException) { try { File.Delete(path); } catch (IOException) { } }
-        catch (UnauthorizedAccessException) { }
     }
 }

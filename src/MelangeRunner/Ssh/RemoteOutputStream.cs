@@ -21,19 +21,20 @@ internal sealed class RemoteOutputStream : Stream
     private readonly Stream _pipe;
     private readonly Task _stderrPump;
     private readonly ConcurrentQueue<string> _stderrTail = new();
-    private readonly GuestSsh.RemoteProcess _process = new();
+    private readonly RemoteProcess _process = new();
     private readonly CancellationTokenRegistration _onLost;
     private bool _ended;
     private Exception? _failure;
     private long _position;
     private int _disposed;
 
-    public RemoteOutputStream(SshClient client, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
+    public RemoteOutputStream(SshConnection connection, string commandLine, Action<string> standardErrorLine, CancellationToken ct)
     {
+        var client = connection.Client;
         _client = client;
         _commandLine = commandLine;
         _callerToken = ct;
-        _watch = ConnectionWatch.For(client);
+        _watch = connection.Watch;
         _run = CancellationTokenSource.CreateLinkedTokenSource(ct);
         try
         {

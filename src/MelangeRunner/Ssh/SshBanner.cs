@@ -9,7 +9,7 @@ namespace MelangeRunner.Ssh;
 /// the TCP connection before the guest listens, then closes it; ready means an
 /// identification line starting with "SSH-2.0-" was read (melange's checkSSHServer).
 /// </summary>
-public static class SshBanner
+internal static class SshBanner
 {
     private static readonly TimeSpan ConnectTimeout = TimeSpan.FromMilliseconds(250);
     private static readonly TimeSpan ReadTimeout = TimeSpan.FromSeconds(1);

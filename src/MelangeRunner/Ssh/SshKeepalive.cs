@@ -17,12 +17,13 @@ namespace MelangeRunner.Ssh;
 /// internal, so the global request is sent by reflection; if that ever fails (another SSH.NET
 /// version), the probe falls back to running <c>true</c> on a new channel.
 /// </summary>
-public sealed class SshKeepalive : IDisposable
+internal sealed class SshKeepalive : IDisposable
 {
     public static readonly TimeSpan DefaultInterval = TimeSpan.FromSeconds(30);
     public static readonly TimeSpan DefaultRequestTimeout = TimeSpan.FromSeconds(10);
     public const int DefaultMaxMissed = 3;
 
+    private readonly SshConnection _connection;
     private readonly SshClient _client;
     private readonly string _name;
     private readonly Action<string> _onDead;
@@ -33,9 +34,11 @@ public sealed class SshKeepalive : IDisposable
     private readonly GlobalRequester? _requester;
     private readonly Task _loop;
 
-    public SshKeepalive(SshClient client, string name, Action<string> onDead, TimeSpan? interval = null, TimeSpan? requestTimeout = null, int maxMissed = DefaultMaxMissed)
+    public SshKeepalive(SshConnection connection, string name, Action<string> onDead, TimeSpan? interval = null, TimeSpan? requestTimeout = null, int maxMissed = DefaultMaxMissed)
     {
-        ArgumentNullException.ThrowIfNull(client);
+        ArgumentNullException.ThrowIfNull(connection);
+        var client = connection.Client;
+        _connection = connection;
         ArgumentNullException.ThrowIfNull(onDead);
         ArgumentOutOfRangeException.ThrowIfLessThan(maxMissed, 1);
         _client = client;
@@ -48,7 +51,6 @@ public sealed class SshKeepalive : IDisposable
         _maxMissed = maxMissed;
         _requester = GlobalRequester.TryCreate(client, out var why);
         ProbeKind = _requester is null ? $"exec 'true' ({why})" : "global request keepalive@openssh.com";
-        _ = ConnectionWatch.For(client);
         _loop = Task.Run(LoopAsync);
     }
 
@@ -73,7 +75,7 @@ public sealed class SshKeepalive : IDisposable
         try
         {
             if (_requester is not null) await _requester.SendAsync(bounded.Token).ConfigureAwait(false);
-            else await GuestSsh.RunAsync(_client, "true", _ => { }, _ => { }, bounded.Token).ConfigureAwait(false);
+            else await GuestSsh.RunAsync(_connection, "true", _ => { }, _ => { }, bounded.Token).ConfigureAwait(false);
         }
         catch (OperationCanceledException) when (!ct.IsCancellationRequested && !_stop.IsCancellationRequested)
         {
@@ -122,7 +124,7 @@ public sealed class SshKeepalive : IDisposable
     private void Dead(string reason)
     {
         DeadReason = reason;
-        ConnectionWatch.For(_client).MarkLost(reason);
+        _connection.Watch.MarkLost(reason);
         // Disconnect off this thread: SSH.NET may wait on a peer that no longer answers.
         _ = Task.Run(() =>
         {

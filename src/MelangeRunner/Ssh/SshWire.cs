@@ -5,7 +5,7 @@ using System.Text;
 namespace MelangeRunner.Ssh;
 
 /// <summary>SSH wire encoding (RFC 4251 §5) for keys: strings, mpints, and fingerprints.</summary>
-public static class SshWire
+internal static class SshWire
 {
     /// <summary>The OpenSSH fingerprint of a public key blob: "SHA256:" and unpadded base64.</summary>
     public static string Fingerprint(ReadOnlySpan<byte> publicKeyBlob)

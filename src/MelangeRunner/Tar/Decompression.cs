@@ -5,7 +5,7 @@ using SharpCompress.Compressors.Xz;
 namespace MelangeRunner.Tar;
 
 /// <summary>Recognises a (possibly compressed) tar stream by its first bytes.</summary>
-public static class Decompression
+internal static class Decompression
 {
     /// <summary>The formats <see cref="Open"/> accepts, for error messages.</summary>
     public const string AcceptedFormats = "a tar archive, plain or compressed with gzip, zstd, xz or bzip2";

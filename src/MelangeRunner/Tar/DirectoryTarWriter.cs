@@ -3,7 +3,7 @@ using MelangeRunner.Native;
 namespace MelangeRunner.Tar;
 
 /// <summary>Writes a PAX tar of files and trees under a root, keeping what a rootfs needs.</summary>
-public static class DirectoryTarWriter
+internal static class DirectoryTarWriter
 {
     /// <summary>
     /// Writes the given paths (relative to <paramref name="root"/>; directories are walked

@@ -6,7 +6,7 @@ using MelangeRunner.Native;
 namespace MelangeRunner.Tar;
 
 /// <summary>How <see cref="SafeTarExtractor"/> treats what a tar entry carries besides its content.</summary>
-public sealed class TarExtractOptions
+internal sealed class TarExtractOptions
 {
     /// <summary>Apply entry owners (lchown). Only effective when running as root.</summary>
     public bool PreserveOwners { get; init; } = true;
@@ -33,7 +33,7 @@ public sealed class TarExtractOptions
 /// symlink, and device nodes when not root are skipped with a warning naming the entry. GNU
 /// sparse entries are refused (SparseTarEntry). Regular files appear only when complete.
 /// </summary>
-public static class SafeTarExtractor
+internal static class SafeTarExtractor
 {
     public static Task<long> ExtractAsync(Stream tar, string destination, TarExtractOptions options, IEventSink events, CancellationToken ct)
     {

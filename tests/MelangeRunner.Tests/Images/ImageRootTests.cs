@@ -1,3 +1,4 @@
+using MelangeRunner.Bubblewrap;
 using MelangeRunner.Images;
 using MelangeRunner.Native;
 using MelangeRunner.Tests.Tar;
@@ -215,7 +216,7 @@ public class ImageRootTests
         using var l = new Layout();
         l.Link("etc", "/usr/etc");
         l.File_("usr/etc/passwd", "builder:x:1234:2345::/home/build:/bin/sh\n");
-        var resolved = GuestUsers.ResolveInImage(new PodConfig { RunAs = "builder" }, l.Root);
+        var resolved = GuestUsers.ResolveInImage(PodSpec.From(new PodConfig { RunAs = "builder" }), l.Root);
         Assert.Equal("1234", resolved.RunAsUID);
         Assert.Equal("2345", resolved.RunAsGID);
     }
@@ -227,9 +228,9 @@ public class ImageRootTests
         // The host has root and daemon; an image whose /etc is the host's must not find daemon.
         Assert.Contains("\ndaemon:", "\n" + File.ReadAllText("/etc/passwd"));
         l.Link("etc", "/etc");
-        var e = Assert.Throws<MelangeException>(() => GuestUsers.ResolveInImage(new PodConfig { RunAs = "daemon" }, l.Root));
+        var e = Assert.Throws<MelangeException>(() => GuestUsers.ResolveInImage(PodSpec.From(new PodConfig { RunAs = "daemon" }), l.Root));
         Assert.Equal("UnknownUser", e.ErrorId);
         // A numeric RunAs needs no passwd at all.
-        Assert.Equal("4321", GuestUsers.ResolveInImage(new PodConfig { RunAs = "4321" }, l.Root).RunAsUID);
+        Assert.Equal("4321", GuestUsers.ResolveInImage(PodSpec.From(new PodConfig { RunAs = "4321" }), l.Root).RunAsUID);
     }
 }

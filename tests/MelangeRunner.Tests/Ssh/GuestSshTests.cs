@@ -19,7 +19,7 @@ public class GuestSshTests(SshdFixture fx, ITestOutputHelper output)
         "-n", "--", "\\back\\slash", "tab\there", "ünïcødé ✓", ";", "&&", "|", "#comment", "!bang", "a=b", "'", "''", "\r\n", "%s",
     ];
 
-    private static async Task<(int Code, List<string> Out, List<string> Err)> Run(SshClient client, string line, CancellationToken ct = default)
+    private static async Task<(int Code, List<string> Out, List<string> Err)> Run(SshConnection client, string line, CancellationToken ct = default)
     {
         var o = new List<string>();
         var e = new List<string>();

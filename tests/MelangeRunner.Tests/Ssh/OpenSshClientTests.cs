@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Diagnostics;
 using MelangeRunner.Ssh;
 using Xunit;
@@ -22,7 +23,7 @@ public class OpenSshClientTests(SshdFixture fx)
     [SshdFact]
     public void The_system_ssh_client_logs_in_with_the_pinned_key_and_cleans_up()
     {
-        if (PodProcess.FindOnPath("ssh") is null) return; // openssh-client absent: Prepare would throw NotInstalled
+        if (HostCommand.FindOnPath("ssh") is null) return; // openssh-client absent: Prepare would throw NotInstalled
         var line = GuestSsh.BuildCommandLine(new Dictionary<string, string> { ["X"] = "a b" }, ["sh", "-c", "test -t 0 && echo tty; echo \"$X\"; exit 5"]);
         string dir;
         using (var session = OpenSshClient.Prepare("127.0.0.1", fx.Server!.Port, "root", fx.ClientKey, fx.HostKey.PublicKeyBlob, line))
@@ -44,7 +45,7 @@ public class OpenSshClientTests(SshdFixture fx)
     [SshdFact]
     public void The_system_ssh_client_refuses_another_host_key()
     {
-        if (PodProcess.FindOnPath("ssh") is null) return;
+        if (HostCommand.FindOnPath("ssh") is null) return;
         using var other = SshKeyPair.GenerateEd25519();
         using var session = OpenSshClient.Prepare("127.0.0.1", fx.Server!.Port, "root", fx.ClientKey, other.PublicKeyBlob, "echo should-not-run");
         var (code, output) = Run(session);

@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Diagnostics;
 using MelangeRunner.Ssh;
 using Xunit;
@@ -33,7 +34,7 @@ public class SshKeyPairTests
     [MemberData(nameof(Algorithms))]
     public void Ssh_keygen_reads_the_private_key_and_derives_the_same_public_key(string algorithm)
     {
-        if (PodProcess.FindOnPath("ssh-keygen") is null) return; // openssh-client absent: covered by the SSH.NET parse above
+        if (HostCommand.FindOnPath("ssh-keygen") is null) return; // openssh-client absent: covered by the SSH.NET parse above
         using var key = Make(algorithm);
         var dir = Directory.CreateTempSubdirectory("melange-key-test-").FullName;
         try

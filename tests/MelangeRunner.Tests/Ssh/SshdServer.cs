@@ -163,7 +163,7 @@ public sealed class SshdFixture : IDisposable
     public SshKeyPair ClientKey { get; }
     public SshdServer? Server { get; }
 
-    public Task<Renci.SshNet.SshClient> ConnectAsync(SshdServer? server = null)
+    internal Task<SshConnection> ConnectAsync(SshdServer? server = null)
         => GuestSsh.ConnectAsync("127.0.0.1", (server ?? Server!).Port, "root", ClientKey, HostKey.PublicKeyBlob, TimeSpan.FromSeconds(30), CancellationToken.None);
 
     public void Dispose()

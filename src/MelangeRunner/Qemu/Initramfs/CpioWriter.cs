@@ -7,7 +7,7 @@ namespace MelangeRunner.Qemu.Initramfs;
 /// initramfs: a 110-byte ASCII header of 13 eight-digit hex fields, the NUL-terminated name
 /// padded to 4 bytes, the data padded to 4 bytes, and a final TRAILER!!! record.
 /// </summary>
-public sealed class CpioWriter : IDisposable
+internal sealed class CpioWriter : IDisposable
 {
     public const uint S_IFDIR = 0x4000, S_IFREG = 0x8000, S_IFLNK = 0xA000, S_IFCHR = 0x2000, S_IFBLK = 0x6000;
     private const string Trailer = "TRAILER!!!";

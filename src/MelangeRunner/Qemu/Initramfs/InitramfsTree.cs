@@ -8,7 +8,7 @@ namespace MelangeRunner.Qemu.Initramfs;
 /// tree's own symbolic links (so lib/x lands in usr/lib/x when lib → usr/lib, as on the host).
 /// Written in sorted order, so that identical inputs give identical archives.
 /// </summary>
-public sealed class InitramfsTree
+internal sealed class InitramfsTree
 {
     internal abstract record Node(uint Mode, long MTime);
     internal sealed record DirNode(uint Mode, long MTime) : Node(Mode, MTime);

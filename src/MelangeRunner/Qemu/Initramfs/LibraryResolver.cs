@@ -5,7 +5,7 @@ namespace MelangeRunner.Qemu.Initramfs;
 /// ELF files (PT_INTERP, DT_NEEDED, DT_RPATH, DT_RUNPATH with $ORIGIN) and searching
 /// /etc/ld.so.conf (with its includes) and the default directories; never runs ldd.
 /// </summary>
-public sealed class LibraryResolver
+internal sealed class LibraryResolver
 {
     private readonly string _root;
     private readonly List<string> _configDirs;

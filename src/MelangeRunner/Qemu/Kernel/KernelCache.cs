@@ -8,29 +8,19 @@ namespace MelangeRunner.Qemu.Kernel;
 /// <c>boot/vmlinux-&lt;version&gt;</c>, one extracted from any other kernel in
 /// <c>melange-runner/vmlinux/&lt;sha256 of the bzImage&gt;.elf</c>.
 /// </summary>
-public static class KernelCache
+internal static class KernelCache
 {
     /// <summary>The metadata file the fetch script writes last: an entry without it is incomplete.</summary>
     public const string MarkerName = "melange-kernel.json";
 
-    /// <summary><c>${XDG_CACHE_HOME:-~/.cache}/melange-runner</c> (XDG_CACHE_HOME is ignored unless absolute, as the XDG spec says).</summary>
-    public static string Root
-    {
-        get
-        {
-            string? xdg = Environment.GetEnvironmentVariable("XDG_CACHE_HOME");
-            string baseDir = !string.IsNullOrEmpty(xdg) && Path.IsPathRooted(xdg)
-                ? xdg
-                : Path.Combine(Environment.GetEnvironmentVariable("HOME") is { Length: > 0 } h ? h : Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache");
-            return Path.Combine(baseDir, "melange-runner");
-        }
-    }
+    /// <summary><c>${XDG_CACHE_HOME:-~/.cache}/melange-runner</c>: <see cref="HostCache.Root"/>.</summary>
+    public static string Root => HostCache.Root;
 
     /// <summary>The directory holding the fetched kernels of one architecture (apko name: x86_64, aarch64).</summary>
-    public static string KernelDirectory(string arch) => Path.Combine(Root, "kernel", arch);
+    public static string KernelDirectory(string arch) => HostCache.Kernels(arch);
 
     /// <summary>The directory for ELF kernels extracted from kernels outside the cache.</summary>
-    public static string VmlinuxDirectory => Path.Combine(Root, "vmlinux");
+    public static string VmlinuxDirectory => HostCache.Vmlinux;
 
     /// <summary>
     /// The cache entry (the directory holding <see cref="MarkerName"/>) that a kernel image

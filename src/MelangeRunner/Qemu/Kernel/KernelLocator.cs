@@ -11,13 +11,13 @@ namespace MelangeRunner.Qemu.Kernel;
 /// <param name="ModulesDir">The <c>lib/modules/&lt;Version&gt;</c> tree that matches, if found.</param>
 /// <param name="IsElf">Whether <see cref="BootPath"/> is an ELF kernel (booted through its PVH note).</param>
 /// <param name="Source">"QEMU_KERNEL_IMAGE", "/boot/vmlinuz" or "cache".</param>
-public sealed record KernelInfo(string BootPath, string ImagePath, string? Version, string? ModulesDir, bool IsElf, string Source);
+internal sealed record KernelInfo(string BootPath, string ImagePath, string? Version, string? ModulesDir, bool IsElf, string Source);
 
 /// <summary>
 /// melange's getKernelPath, extended: <c>QEMU_KERNEL_IMAGE</c>, else <c>/boot/vmlinuz</c>, else the
 /// newest kernel that <c>tools/Get-MelangeKernel.ps1</c> put in the cache (<see cref="KernelCache"/>).
 /// </summary>
-public static class KernelLocator
+internal static class KernelLocator
 {
     public const string KernelImageVariable = "QEMU_KERNEL_IMAGE";
     public const string BootKernel = "/boot/vmlinuz";
@@ -38,13 +38,15 @@ public static class KernelLocator
     /// else the tree beside the kernel or the host's.
     /// </summary>
     /// <exception cref="MelangeException">QEMU_KERNEL_IMAGE names a missing or unreadable file; /boot/vmlinuz is unreadable and the cache is empty; or no kernel at all (NotInstalled, "KernelNotFound").</exception>
-    public static KernelInfo Locate(string arch, IEventSink events)
+    /// <param name="environment">The QEMU_* variables as the start read them (default: read now).</param>
+    public static KernelInfo Locate(string arch, IEventSink events, QemuEnvironment? environment = null)
     {
         events ??= NullEventSink.Instance;
+        environment ??= QemuEnvironment.ReadPaths();
         arch = Architecture.Normalize(arch);
 
         // 1. QEMU_KERNEL_IMAGE: if set, it must exist.
-        string? env = Environment.GetEnvironmentVariable(KernelImageVariable);
+        string? env = environment.KernelImage;
         if (!string.IsNullOrEmpty(env))
         {
             events.Verbose($"Kernel: {KernelImageVariable} is set: {env}");
@@ -61,7 +63,7 @@ public static class KernelLocator
                 throw new MelangeException(ErrorKind.PermissionDenied, "KernelImageNotReadable",
                     $"{KernelImageVariable} is set to '{env}', which this user cannot read ({err}).",
                     $"Make it readable (chmod 0644 '{full}'), run as a user who can read it, or unset {KernelImageVariable} to use the kernel fetched by {FetchCommand}.", env);
-            return Describe(full, arch, "QEMU_KERNEL_IMAGE", cacheVersion: null, cacheEntry: null, events);
+            return Describe(full, arch, "QEMU_KERNEL_IMAGE", cacheVersion: null, cacheEntry: null, environment, events);
         }
 
         // 2. /boot/vmlinuz, when it exists (a dangling link does not) — it is the host's kernel, so only for the host's architecture.
@@ -75,13 +77,13 @@ public static class KernelLocator
         if (bootExists)
         {
             if (IsReadable(boot, out string err))
-                return Describe(Path.GetFullPath(boot), arch, "/boot/vmlinuz", cacheVersion: null, cacheEntry: null, events);
+                return Describe(Path.GetFullPath(boot), arch, "/boot/vmlinuz", cacheVersion: null, cacheEntry: null, environment, events);
             // Ubuntu installs /boot/vmlinuz-* mode 0600: fine for root only. A fetched kernel, if any, does instead.
             var cached = FindCached(arch, events);
             if (cached != null)
             {
                 events.Verbose($"Kernel: {boot} exists but is not readable by this user ({err}); using the fetched kernel {cached.Value.Image}.");
-                return Describe(cached.Value.Image, arch, "cache", cached.Value.Version, cached.Value.Entry, events);
+                return Describe(cached.Value.Image, arch, "cache", cached.Value.Version, cached.Value.Entry, environment, events);
             }
             string target = ResolveFinal(boot);
             throw new MelangeException(ErrorKind.PermissionDenied, "KernelNotReadable",
@@ -91,14 +93,14 @@ public static class KernelLocator
 
         // 3. The cache of tools/Get-MelangeKernel.ps1.
         var found = FindCached(arch, events);
-        if (found != null) return Describe(found.Value.Image, arch, "cache", found.Value.Version, found.Value.Entry, events);
+        if (found != null) return Describe(found.Value.Image, arch, "cache", found.Value.Version, found.Value.Entry, environment, events);
 
         throw new MelangeException(ErrorKind.NotInstalled, "KernelNotFound",
             $"No kernel to boot the {arch} VM: {KernelImageVariable} is not set, {boot} does not exist{(arch != Architecture.Host && File.Exists(boot) ? " (or is the host's, not " + arch + ")" : "")}, and no kernel was fetched into {KernelCache.KernelDirectory(arch)}.",
             $"Run: {FetchCommand}, or set {KernelImageVariable} to a kernel image", arch);
     }
 
-    static KernelInfo Describe(string image, string arch, string source, string? cacheVersion, string? cacheEntry, IEventSink events)
+    static KernelInfo Describe(string image, string arch, string source, string? cacheVersion, string? cacheEntry, QemuEnvironment environment, IEventSink events)
     {
         bool x86 = arch is "x86_64" or "x86";
         string? version = VmlinuxExtractor.ReadVersion(image) ?? cacheVersion ?? VersionFromFileName(image) ?? VersionFromElf(image);
@@ -112,13 +114,13 @@ public static class KernelLocator
             if (elf != null) { bootPath = elf; isElf = true; }
         }
 
-        string? modules = FindModules(image, version, cacheEntry, events);
+        string? modules = FindModules(image, version, cacheEntry, environment.KernelModules, events);
         return new KernelInfo(bootPath, image, version, modules, isElf, source);
     }
 
-    static string? FindModules(string image, string? version, string? cacheEntry, IEventSink events)
+    static string? FindModules(string image, string? version, string? cacheEntry, string? given, IEventSink events)
     {
-        if (Environment.GetEnvironmentVariable(KernelModulesVariable) is { Length: > 0 } given && Directory.Exists(given))
+        if (given is { Length: > 0 } && Directory.Exists(given))
         {
             string full = Path.GetFullPath(given).TrimEnd('/');
             // The guest looks for its load list under lib/modules/$(uname -r).

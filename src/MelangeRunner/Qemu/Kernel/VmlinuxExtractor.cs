@@ -1,3 +1,4 @@
+using MelangeRunner.HostProcess;
 using System.Buffers.Binary;
 using System.Diagnostics;
 using System.IO.Compression;
@@ -354,17 +355,9 @@ public static class VmlinuxExtractor
 
         public override long Run(FileStream input, long start, long length, Stream output)
         {
-            string? path = FindProgram(program)
+            string? path = HostCommand.FindOnPath(program)
                 ?? throw new NotSupportedException($"'{program}' is not installed");
-            var psi = new ProcessStartInfo(path)
-            {
-                RedirectStandardInput = true,
-                RedirectStandardOutput = true,
-                RedirectStandardError = true,
-                UseShellExecute = false,
-            };
-            foreach (var a in args) psi.ArgumentList.Add(a);
-            using var p = Process.Start(psi) ?? throw new InvalidOperationException($"could not start {program}");
+            using var p = HostCommand.Start(path, args, redirectInput: true);
             var stderr = p.StandardError.ReadToEndAsync();
             var feed = Task.Run(() =>
             {
@@ -394,17 +387,6 @@ public static class VmlinuxExtractor
                 throw new InvalidDataException($"{program} exited with status {p.ExitCode}: {stderr.Result.Trim()}");
             return total;
         }
-    }
-
-    static string? FindProgram(string name)
-    {
-        foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "/usr/bin:/bin").Split(':').Append("/usr/bin").Append("/bin"))
-        {
-            if (dir.Length == 0) continue;
-            string p = Path.Combine(dir, name);
-            if (File.Exists(p)) return p;
-        }
-        return null;
     }
 
     /// <summary>A read-only view of the next <c>length</c> bytes of a stream (positioned by the caller); leaves it open.</summary>

@@ -1,6 +1,6 @@
 using System.Runtime.ExceptionServices;
 
-namespace MelangeRunner;
+namespace MelangeRunner.IO;
 
 /// <summary>
 /// A bounded, in-process byte pipe between one writer and one reader (the workspace tar

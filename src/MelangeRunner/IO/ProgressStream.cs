@@ -1,7 +1,7 @@
-namespace MelangeRunner;
+namespace MelangeRunner.IO;
 
 /// <summary>Counts bytes read through it and reports progress at most ten times a second.</summary>
-public sealed class ProgressStream : Stream
+internal sealed class ProgressStream : Stream
 {
     private readonly Stream _inner;
     private readonly IEventSink _events;

@@ -161,10 +161,10 @@ public class InitramfsBuilderTests
         }
         finally
         {
-            InitramfsBuilder.SecureDelete(path);
+            MelangeRunner.IO.SecureFile.Delete(path);
         }
         Assert.False(File.Exists(path));
-        InitramfsBuilder.SecureDelete(path); // a missing file is fine
+        MelangeRunner.IO.SecureFile.Delete(path); // a missing file is fine
     }
 
     [Fact]
@@ -189,7 +189,7 @@ public class InitramfsBuilderTests
         var p = t.PathOf("secret");
         File.WriteAllBytes(p, new byte[3_000_000]);
         File.SetUnixFileMode(p, UnixFileMode.UserRead);
-        InitramfsBuilder.SecureDelete(p);
+        MelangeRunner.IO.SecureFile.Delete(p);
         Assert.False(File.Exists(p));
     }
 

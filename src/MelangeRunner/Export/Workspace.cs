@@ -1,3 +1,4 @@
+using MelangeRunner.IO;
 using System.Text.RegularExpressions;
 using MelangeRunner.Tar;
 
@@ -34,7 +35,19 @@ public static partial class Workspace
         return result;
     }
 
-    /// <summary>License files anywhere in the workspace outside melange-out, relative paths, sorted.</summary>
+    /// <summary>
+    /// The license-file rule of both runners (the host walks the bubblewrap workspace, the guest
+    /// lists the qemu one): a file whose name looks like a license (<see cref="IsLicenseFileName"/>),
+    /// anywhere in the workspace except under melange-out (the build's output, exported anyway) and
+    /// .git (a repository's objects are never the package's licenses). <paramref name="relativePath"/>
+    /// is relative to the workspace, with '/' separators.
+    /// </summary>
+    public static bool IsLicenseFile(string relativePath) =>
+        !relativePath.StartsWith(OutputDir + "/", StringComparison.Ordinal)
+        && !relativePath.StartsWith(".git/", StringComparison.Ordinal)
+        && IsLicenseFileName(Path.GetFileName(relativePath));
+
+    /// <summary>License files anywhere in the workspace (<see cref="IsLicenseFile"/>), relative paths, sorted.</summary>
     public static IReadOnlyList<string> FindLicenseFiles(string workspaceDir)
     {
         var found = new List<string>();
@@ -42,8 +55,7 @@ public static partial class Workspace
         foreach (var file in Directory.EnumerateFiles(workspaceDir, "*", options))
         {
             var rel = Path.GetRelativePath(workspaceDir, file).Replace('\\', '/');
-            if (rel.StartsWith(OutputDir + "/", StringComparison.Ordinal) || rel.StartsWith(".git/", StringComparison.Ordinal)) continue;
-            if (IsLicenseFileName(Path.GetFileName(file))) found.Add(rel);
+            if (IsLicenseFile(rel)) found.Add(rel);
         }
         found.Sort(StringComparer.Ordinal);
         return found;

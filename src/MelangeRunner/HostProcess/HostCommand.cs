@@ -1,11 +1,15 @@
 using System.Diagnostics;
 using System.Text;
 
-namespace MelangeRunner;
+namespace MelangeRunner.HostProcess;
 
 /// <summary>
-/// Runs a host process (bwrap, qemu helpers) with its output streamed line by line to an
-/// <see cref="IEventSink"/> as it comes; cancelling kills the whole process tree at once.
+/// The one way the engine starts host processes: find a program on PATH (<see cref="FindOnPath"/>),
+/// capture a short helper's output (<see cref="Capture(string, string[])"/>), stream a step's output
+/// line by line to an <see cref="IEventSink"/> (<see cref="RunAsync"/>; cancelling kills the whole
+/// process tree at once), run one on the caller's terminal (<see cref="RunInteractiveAsync"/>),
+/// start a long-running helper in a session of its own (<see cref="StartLongRunning"/>) and stop it
+/// (<see cref="StopAsync"/>: wait, SIGTERM, SIGKILL). <see cref="Start"/> is what they share.
 /// </summary>
 /// <remarks>
 /// Security/behaviour rule: a process that runs user steps (<see cref="RunAsync"/>,
@@ -14,7 +18,7 @@ namespace MelangeRunner;
 /// mask, as melange's steps do. .NET ignores SIGPIPE and keeps SIG_IGN across fork and exec,
 /// so without this `yes | head -c 1` never ends in a step. See <see cref="SignalReset"/>.
 /// </remarks>
-public static class PodProcess
+internal static class HostCommand
 {
     /// <summary>Runs the process to its end and returns its exit status.</summary>
     /// <param name="stdoutToVerbose">Send standard output to Verbose instead of StandardOutput (for set-up steps).</param>
@@ -97,35 +101,118 @@ public static class PodProcess
     }
 
     /// <summary>Runs a short helper command and returns its exit status and combined output.</summary>
-    public static (int ExitCode, string Output) Capture(string fileName, params string[] arguments)
+    public static (int ExitCode, string Output) Capture(string fileName, params string[] arguments) =>
+        Capture(fileName, arguments, includeStandardError: true);
+
+    /// <summary>
+    /// Runs a short helper command (no input) and returns its exit status and standard output,
+    /// followed by its standard error when <paramref name="includeStandardError"/>.
+    /// </summary>
+    public static (int ExitCode, string Output) Capture(string fileName, IReadOnlyList<string> arguments, bool includeStandardError,
+        IReadOnlyDictionary<string, string>? environment = null)
     {
-        var start = new ProcessStartInfo(fileName)
-        {
-            RedirectStandardOutput = true,
-            RedirectStandardError = true,
-            RedirectStandardInput = true,
-            UseShellExecute = false,
-        };
-        foreach (var a in arguments) start.ArgumentList.Add(a);
-        using var process = StartOrExplain(start);
+        using var process = Start(fileName, arguments, redirectInput: true, environment: environment);
         process.StandardInput.Close();
         var err = process.StandardError.ReadToEndAsync();
         var output = process.StandardOutput.ReadToEnd();
         process.WaitForExit();
-        return (process.ExitCode, output + err.GetAwaiter().GetResult());
+        var error = err.GetAwaiter().GetResult();
+        return (process.ExitCode, includeStandardError ? output + error : output);
     }
 
-    /// <summary>The full path of a program on PATH, or null.</summary>
+    /// <summary>
+    /// Starts <paramref name="fileName"/> directly (no launcher, no shell): standard output and
+    /// error redirected unless <paramref name="redirectOutput"/> is false (they are then the
+    /// engine's own), standard input when <paramref name="redirectInput"/>, in a session of its own
+    /// with <paramref name="ownSession"/>. A program that cannot be started is ProgramNotFound.
+    /// </summary>
+    public static Process Start(string fileName, IEnumerable<string> arguments, bool redirectInput, bool redirectOutput = true,
+        IReadOnlyDictionary<string, string>? environment = null, bool ownSession = false)
+    {
+        var start = new ProcessStartInfo(fileName)
+        {
+            RedirectStandardInput = redirectInput,
+            RedirectStandardOutput = redirectOutput,
+            RedirectStandardError = redirectOutput,
+            UseShellExecute = false,
+        };
+        foreach (var a in arguments) start.ArgumentList.Add(a);
+        if (environment is not null)
+            foreach (var (k, v) in environment) start.Environment[k] = v;
+        if (ownSession) OwnSession.Apply(start);
+        return StartOrExplain(start);
+    }
+
+    /// <summary>
+    /// Starts a long-running helper (qemu, virtiofsd) in a session of its own (<see cref="OwnSession"/>),
+    /// each line of its output to a callback; <paramref name="begin"/> false leaves the reading to the caller
+    /// (BeginOutputReadLine, BeginErrorReadLine), for callbacks that need the result first.
+    /// </summary>
+    public static Process StartLongRunning(string fileName, IReadOnlyList<string> arguments, IEventSink events,
+        Action<string> standardOutputLine, Action<string> standardErrorLine, bool redirectInput, bool begin = true)
+    {
+        events.Verbose("Running: " + CommandLine(OwnSession.Apply(new ProcessStartInfo(fileName, arguments))));
+        var process = Start(fileName, arguments, redirectInput, ownSession: true);
+        process.OutputDataReceived += (_, e) => { if (e.Data is { } line) standardOutputLine(line); };
+        process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) standardErrorLine(line); };
+        if (begin)
+        {
+            process.BeginOutputReadLine();
+            process.BeginErrorReadLine();
+        }
+        return process;
+    }
+
+    /// <summary>
+    /// Ends a long-running helper: <paramref name="waitFirst"/> for it to exit by itself (zero: not
+    /// at all), then SIGTERM, then <paramref name="afterTerm"/> more and SIGKILL of its process tree.
+    /// </summary>
+    public static async Task StopAsync(Process process, TimeSpan waitFirst, TimeSpan afterTerm, Action? onTerm, Action? onKill)
+    {
+        if (waitFirst > TimeSpan.Zero ? await ExitsWithin(process, waitFirst).ConfigureAwait(false) : process.HasExited) return;
+        onTerm?.Invoke();
+        Native.Libc.Kill(process.Id, Native.Libc.SIGTERM);
+        if (await ExitsWithin(process, afterTerm).ConfigureAwait(false)) return;
+        onKill?.Invoke();
+        try { process.Kill(entireProcessTree: true); }
+        catch (InvalidOperationException) { /* exited meanwhile */ }
+        await process.WaitForExitAsync().ConfigureAwait(false);
+    }
+
+    private static async Task<bool> ExitsWithin(Process process, TimeSpan timeout)
+    {
+        using var cts = new CancellationTokenSource(timeout);
+        try
+        {
+            await process.WaitForExitAsync(cts.Token).ConfigureAwait(false);
+            return true;
+        }
+        catch (OperationCanceledException)
+        {
+            return false;
+        }
+    }
+
+    /// <summary>
+    /// The full path of a program: a name with a '/' as it is (when it exists), else the first
+    /// match in PATH's absolute directories (a relative PATH entry would depend on the current
+    /// directory, which a user can choose), or in /usr/local/bin:/usr/bin:/bin when PATH is unset
+    /// or empty; null when there is none.
+    /// </summary>
     public static string? FindOnPath(string program)
     {
         if (program.Contains('/')) return File.Exists(program) ? program : null;
-        foreach (var dir in (System.Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
+        var path = System.Environment.GetEnvironmentVariable("PATH") is { Length: > 0 } p ? p : DefaultPath;
+        foreach (var dir in path.Split(':', StringSplitOptions.RemoveEmptyEntries))
         {
+            if (!Path.IsPathRooted(dir)) continue;
             var candidate = Path.Combine(dir, program);
             if (File.Exists(candidate)) return candidate;
         }
         return null;
     }
+
+    private const string DefaultPath = "/usr/local/bin:/usr/bin:/bin";
 
     /// <summary>The exact command line <paramref name="start"/> runs, shell-quoted, for -Verbose.</summary>
     internal static string CommandLine(ProcessStartInfo start) => ShellQuote.Join(new[] { start.FileName }.Concat(start.ArgumentList));
@@ -157,77 +244,5 @@ public static class PodProcess
         try { process.Kill(entireProcessTree: true); }
         catch (InvalidOperationException) { /* already exited */ }
         process.WaitForExit();
-    }
-}
-
-/// <summary>
-/// Starts user-step processes with default signal dispositions and an empty signal mask, by
-/// running them through coreutils' <c>env --default-signal</c> (8.31 and later), which resets
-/// every signal to SIG_DFL and unblocks it, then execs the program (same process id, so
-/// waiting, exit status and killing the tree are unchanged).
-/// </summary>
-/// <remarks>
-/// Chosen over posix_spawn with POSIX_SPAWN_SETSIGDEF|POSIX_SPAWN_SETSIGMASK, which would mean
-/// replacing System.Diagnostics.Process (pipes, asynchronous reading, waiting alongside .NET's
-/// own SIGCHLD reaping, killing the tree) for one attribute; and over changing this process's
-/// own SIGPIPE disposition around the start, which .NET relies on and other threads share.
-/// The launcher is part of the launch, not of the plan: Get-MelangePodPlan shows melange's bwrap
-/// vector, and the verbose "Running:" line shows the command actually run, launcher included.
-/// On a host whose env lacks --default-signal (coreutils before 8.31, busybox), the program is
-/// started directly with a warning (once per process): its steps inherit SIGPIPE ignored.
-/// </remarks>
-internal static class SignalReset
-{
-    internal const string Option = "--default-signal";
-    private static readonly Lazy<string?> s_launcher = new(FindLauncher);
-    private static int s_warned;
-
-    /// <summary>The env program that supports --default-signal here, or null.</summary>
-    internal static string? Launcher => s_launcher.Value;
-
-    private static string? FindLauncher()
-    {
-        var candidates = new[] { PodProcess.FindOnPath("env"), "/usr/bin/env", "/bin/env" };
-        foreach (var env in candidates.Distinct())
-        {
-            if (env is null || !File.Exists(env)) continue;
-            try
-            {
-                if (PodProcess.Capture(env, Option, "true").ExitCode == 0) return env;
-            }
-            catch (MelangeException) { /* not startable: try the next */ }
-        }
-        return null;
-    }
-
-    /// <summary>The argument vector that runs <paramref name="fileName"/> through the launcher (as <see cref="Apply"/> does), for a command line run by another program.</summary>
-    internal static IReadOnlyList<string> Argv(string fileName, IReadOnlyList<string> arguments, IEventSink events)
-    {
-        var start = new ProcessStartInfo();
-        Apply(start, fileName, arguments, events);
-        return new[] { start.FileName }.Concat(start.ArgumentList).ToList();
-    }
-
-    /// <summary>Sets <paramref name="start"/> to run <paramref name="fileName"/> with <paramref name="arguments"/> through the launcher, when there is one.</summary>
-    internal static void Apply(ProcessStartInfo start, string fileName, IReadOnlyList<string> arguments, IEventSink events)
-    {
-        var launcher = Launcher;
-        // env takes a leading NAME=VALUE word as an assignment, not as the program.
-        if (launcher is null || fileName.Contains('='))
-        {
-            if (launcher is null && Interlocked.Exchange(ref s_warned, 1) == 0)
-                events.Warning($"This host's env does not support {Option} (coreutils 8.31 or later): commands in pods start with " +
-                               "the signal dispositions .NET gives its children (SIGPIPE ignored), so a pipeline such as " +
-                               "'yes | head -n 1' may not end. Install coreutils 8.31 or later.");
-            start.FileName = fileName;
-            foreach (var a in arguments) start.ArgumentList.Add(a);
-            return;
-        }
-        // env would report a missing program as exit status 127; keep the clear error instead.
-        if (PodProcess.FindOnPath(fileName) is null) throw PodProcess.ProgramNotFound(fileName, null);
-        start.FileName = launcher;
-        start.ArgumentList.Add(Option);
-        start.ArgumentList.Add(fileName);
-        foreach (var a in arguments) start.ArgumentList.Add(a);
     }
 }

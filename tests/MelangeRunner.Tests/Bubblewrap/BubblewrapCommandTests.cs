@@ -6,9 +6,12 @@ namespace MelangeRunner.Tests;
 public class BubblewrapCommandTests
 {
     private static string[] Build(PodConfig config, bool interactive = false, IReadOnlyDictionary<string, string>? env = null,
-        bool hostIsRoot = true, IEnumerable<BindMount>? mounts = null, params string[] command) =>
-        BubblewrapCommand.Build("/guest", mounts ?? config.Mounts, config, interactive, config.BaseEnvironment(null, env), env,
+        bool hostIsRoot = true, IEnumerable<BindMount>? mounts = null, params string[] command)
+    {
+        var spec = PodSpec.From(config);
+        return BubblewrapCommand.Build("/guest", mounts ?? spec.Mounts, spec, interactive, spec.BaseEnvironment(null, env), env,
             command.Length == 0 ? new[] { "true" } : command, hostIsRoot);
+    }
 
     private static string Joined(string[] args) => " " + string.Join(' ', args) + " ";
 
@@ -146,7 +149,7 @@ public class StepEnvironmentTests
     {
         var config = new PodConfig();
         config.Environment["CC"] = "clang";
-        var env = config.StepEnvironment(new[] { "PATH=/opt/tools/bin:/usr/bin", "CC=gcc", "LANG=C.UTF-8", "NOEQUALS" },
+        var env = PodSpec.From(config).StepEnvironment(new[] { "PATH=/opt/tools/bin:/usr/bin", "CC=gcc", "LANG=C.UTF-8", "NOEQUALS" },
             new Dictionary<string, string> { ["LANG"] = "C" });
         Assert.Equal("/opt/tools/bin:/usr/bin", env["PATH"]);
         Assert.Equal("clang", env["CC"]);
@@ -157,7 +160,7 @@ public class StepEnvironmentTests
     [Fact]
     public void WithoutAnImagePathMelangesDefaultPathIsSet()
     {
-        Assert.Equal("/usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/sbin:/bin", new PodConfig().StepEnvironment(null, null)["PATH"]);
+        Assert.Equal("/usr/local/sbin:/usr/local/bin:/usr/bin:/usr/sbin:/sbin:/bin", PodSpec.From(new PodConfig()).StepEnvironment(null, null)["PATH"]);
     }
 
     [Fact]
@@ -165,10 +168,11 @@ public class StepEnvironmentTests
     {
         var config = new PodConfig();
         config.Environment["PATH"] = "/mine";
-        var args = BubblewrapCommand.Build("/guest", config.Mounts, config, false, config.BaseEnvironment(new[] { "PATH=/image", "LANG=C" }, null), null, new[] { "true" }, true);
+        var spec = PodSpec.From(config);
+        var args = BubblewrapCommand.Build("/guest", spec.Mounts, spec, false, spec.BaseEnvironment(new[] { "PATH=/image", "LANG=C" }, null), null, new[] { "true" }, true);
         var setenvs = args.Select((a, i) => (a, i)).Where(x => x.a == "--setenv").Select(x => $"{args[x.i + 1]}={args[x.i + 2]}").ToList();
         Assert.Equal(new[] { "PATH=/image", "LANG=C", "PATH=/mine" }, setenvs); // bwrap applies them in order: /mine wins
         // melange's default only where nothing else names a PATH.
-        Assert.DoesNotContain(new PodConfig().BaseEnvironment(null, new Dictionary<string, string> { ["PATH"] = "/x" }), kv => kv.Key == "PATH");
+        Assert.DoesNotContain(PodSpec.From(new PodConfig()).BaseEnvironment(null, new Dictionary<string, string> { ["PATH"] = "/x" }), kv => kv.Key == "PATH");
     }
 }

@@ -1,3 +1,4 @@
+using MelangeRunner.IO;
 using System.Formats.Tar;
 using MelangeRunner.Tests.Tar;
 using Xunit;

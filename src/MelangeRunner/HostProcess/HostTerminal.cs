@@ -1,6 +1,6 @@
 using System.Runtime.InteropServices;
 
-namespace MelangeRunner;
+namespace MelangeRunner.HostProcess;
 
 /// <summary>
 /// The host terminal of an interactive session (Enter-MelangePod): whether standard input is one,
@@ -15,7 +15,7 @@ internal static class HostTerminal
     private static int s_warnedNoHelper;
 
     /// <summary>True when this process's standard input is a terminal (not redirected, as in CI).</summary>
-    internal static bool StdinIsTerminal => isatty(0) == 1;
+    internal static bool StdinIsTerminal => Native.Libc.IsTerminal(0);
 
     /// <summary>The host's TERM, or null when it is unset or empty.</summary>
     internal static string? Term => System.Environment.GetEnvironmentVariable("TERM") is { Length: > 0 } t ? t : null;
@@ -39,7 +39,7 @@ internal static class HostTerminal
     internal static string? PtyHelperFor(IEventSink events)
     {
         if (!StdinIsTerminal) return null;
-        if (PodProcess.FindOnPath(PtyHelper) is { } helper) return helper;
+        if (HostCommand.FindOnPath(PtyHelper) is { } helper) return helper;
         if (Interlocked.Exchange(ref s_warnedNoHelper, 1) == 0)
             events.Warning($"'{PtyHelper}' (util-linux) is not on PATH: the session shares this terminal without a pseudo-terminal of its own " +
                            "(no TERM, and the sandbox can change this terminal's modes). Install it: sudo apt-get install bsdutils (Debian/Ubuntu), util-linux elsewhere.");
@@ -62,7 +62,4 @@ internal static class HostTerminal
         catch (OperationCanceledException) { /* still running: the caller kills the tree */ }
         catch (InvalidOperationException) { /* already gone */ }
     }
-
-    [DllImport("libc", SetLastError = true)]
-    private static extern int isatty(int fd);
 }

@@ -93,7 +93,7 @@ public sealed class PackagedModulesTests
         }
         finally
         {
-            InitramfsBuilder.SecureDelete(path);
+            MelangeRunner.IO.SecureFile.Delete(path);
         }
         Assert.Equal(before, Listing(t.PathOf("pkg")));
     }
@@ -169,7 +169,7 @@ public sealed class PackagedModulesTests
         }
         finally
         {
-            InitramfsBuilder.SecureDelete(path);
+            MelangeRunner.IO.SecureFile.Delete(path);
         }
     }
 

@@ -1,35 +1,27 @@
 using MelangeRunner.Images;
 
-namespace MelangeRunner;
+namespace MelangeRunner.Bubblewrap;
 
 /// <summary>Resolves the RunAs user of a config against the image's /etc/passwd.</summary>
-public static class GuestUsers
+internal static class GuestUsers
 {
     /// <summary>
-    /// A copy of <paramref name="config"/> with RunAsUID/RunAsGID filled from RunAs: a numeric
+    /// <paramref name="config"/> with RunAsUID/RunAsGID filled from RunAs: a numeric
     /// RunAs is the uid; a name is looked up in <paramref name="passwd"/> (the image's /etc/passwd).
     /// Root, an empty RunAs, or a RunAsUID already set leave the config as it is.
     /// </summary>
-    public static PodConfig Resolve(PodConfig config, string? passwd)
+    public static PodSpec Resolve(PodSpec config, string? passwd)
     {
         if (!NeedsLookup(config))
             return config;
-        var resolved = config.Clone();
         if (uint.TryParse(config.RunAs, out _))
-        {
-            resolved.RunAsUID = config.RunAs;
-            return resolved;
-        }
+            return config with { RunAsUID = config.RunAs };
         foreach (var line in (passwd ?? "").Split('\n'))
         {
             // name:password:uid:gid:gecos:home:shell
             var fields = line.TrimEnd('\r').Split(':');
             if (fields.Length >= 4 && fields[0] == config.RunAs)
-            {
-                resolved.RunAsUID = fields[2];
-                if (string.IsNullOrEmpty(resolved.RunAsGID)) resolved.RunAsGID = fields[3];
-                return resolved;
-            }
+                return config with { RunAsUID = fields[2], RunAsGID = string.IsNullOrEmpty(config.RunAsGID) ? fields[3] : config.RunAsGID };
         }
         throw new MelangeException(ErrorKind.ObjectNotFound, "UnknownUser",
             $"The user '{config.RunAs}' is not in the image's /etc/passwd.",
@@ -37,14 +29,14 @@ public static class GuestUsers
     }
 
     /// <summary>
-    /// <see cref="Resolve(PodConfig, string?)"/> against the /etc/passwd of the unpacked image at
+    /// <see cref="Resolve(PodSpec, string?)"/> against the /etc/passwd of the unpacked image at
     /// <paramref name="rootfs"/>, read as the sandbox sees it (<see cref="ImageRoot"/>): through
     /// the image's own symlinks, never the host's passwd. Read only when a name must be looked up.
     /// </summary>
-    public static PodConfig ResolveInImage(PodConfig config, string rootfs) =>
+    public static PodSpec ResolveInImage(PodSpec config, string rootfs) =>
         Resolve(config, NeedsLookup(config) && !uint.TryParse(config.RunAs, out _) ? ImageRoot.ReadText(rootfs, "/etc/passwd") : null);
 
     /// <summary>A RunAs other than root, with no RunAsUID given, is resolved (a name through the image's passwd).</summary>
-    private static bool NeedsLookup(PodConfig config) =>
+    private static bool NeedsLookup(PodSpec config) =>
         string.IsNullOrEmpty(config.RunAsUID) && !string.IsNullOrEmpty(config.RunAs) && config.RunAs is not ("root" or "0");
 }

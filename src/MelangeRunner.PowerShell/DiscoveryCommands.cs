@@ -14,7 +14,7 @@ public sealed class GetMelangePodCommand : MelangeCmdlet
     public string[]? Id { get; set; }
 
     [Parameter]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     public string[]? Runner { get; set; }
 
     [Parameter]
@@ -67,7 +67,7 @@ public sealed class GetMelangeImageCommand : MelangeCmdlet
     public string[]? Source { get; set; }
 
     [Parameter]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     public string[]? Runner { get; set; }
 
     protected override void ProcessRecord()

@@ -213,10 +213,22 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
     private async Task<bool> CopyArchiveAsync(TarWriter tar, string relative, CancellationToken cancellationToken)
     {
         ContainerArchiveResponse archive;
+        var path = new ContainerPathStatParameters { Path = Defaults.WorkspaceDir + "/" + relative };
+        var parent = Path.GetDirectoryName(relative.TrimEnd('/'))?.Replace('\\', '/');
+        var prefix = string.IsNullOrEmpty(parent) ? "" : parent + "/";
         try
         {
-            archive = await _client.Containers.GetArchiveFromContainerAsync(ContainerId,
-                new ContainerPathStatParameters { Path = Defaults.WorkspaceDir + "/" + relative }, false, cancellationToken).ConfigureAwait(false);
+            // The engine follows a symlink in the last component (a melange-out that is a link to
+            // / would export the container's whole root, /proc included): look first, and store
+            // a link as a link, as the host-directory writer does.
+            var stat = (await _client.Containers.GetArchiveFromContainerAsync(ContainerId, path, true, cancellationToken).ConfigureAwait(false)).Stat;
+            if (stat is not null && (!string.IsNullOrEmpty(stat.LinkTarget) || (stat.Mode & GoModeSymlink) != 0))
+            {
+                var link = await ReadLinkAsync(relative, cancellationToken).ConfigureAwait(false) ?? stat.LinkTarget ?? "";
+                await tar.WriteEntryAsync(new PaxTarEntry(TarEntryType.SymbolicLink, prefix + Path.GetFileName(relative.TrimEnd('/'))) { LinkName = link, Mode = (UnixFileMode)0x1FF }, cancellationToken).ConfigureAwait(false);
+                return true;
+            }
+            archive = await _client.Containers.GetArchiveFromContainerAsync(ContainerId, path, false, cancellationToken).ConfigureAwait(false);
         }
         catch (DockerContainerNotFoundException) { return false; } // the client reports a missing path as this
         catch (DockerApiException e) when ((int)e.StatusCode == 404) { return false; }
@@ -224,8 +236,6 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
         {
             throw DockerEngine.Failed($"read {relative} from the pod", e, relative);
         }
-        var parent = Path.GetDirectoryName(relative.TrimEnd('/'))?.Replace('\\', '/');
-        var prefix = string.IsNullOrEmpty(parent) ? "" : parent + "/";
         // prefix and names as the engine sends them; the exporter's extractor treats them as hostile.
         await using var stream = archive.Stream ?? Stream.Null;
         using var reader = new TarReader(stream, leaveOpen: true);
@@ -255,6 +265,17 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
             await tar.WriteEntryAsync(copy, cancellationToken).ConfigureAwait(false);
         }
         return true;
+    }
+
+    // Go's os.ModeSymlink, as the engine's path stat reports modes.
+    private const uint GoModeSymlink = 1u << 27;
+
+    /// <summary>The target of a symlink in the workspace, as readlink prints it (null when that fails).</summary>
+    private async Task<string?> ReadLinkAsync(string relative, CancellationToken cancellationToken)
+    {
+        var sink = new CaptureSink();
+        var code = await ExecAsync("0:0", null, new[] { "readlink", "--", relative }, sink, false, cancellationToken).ConfigureAwait(false);
+        return code == 0 ? sink.Text.TrimEnd('\n') : null;
     }
 
     /// <summary>License files anywhere in the workspace outside melange-out and .git (as Workspace.FindLicenseFiles does on the host).</summary>

@@ -275,3 +275,28 @@ Describe 'Planning and stopping a docker pod' -Skip:($noDocker -or $noCli) {
         $err[0].FullyQualifiedErrorId | Should -BeLike 'ImageRemoved,*'
     }
 }
+
+Describe 'A docker pod whose PowerShell is killed' -Skip:($noDocker -or $noCli) {
+    It 'is removed by the next start (its owner label names a process that is gone)' {
+        $script = "Import-Module '$($script:ModuleManifest)'; `$i = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner docker; `$p = Start-MelangePod -Image `$i; 'POD ' + `$p.Id + ' ' + `$i.Ref; Start-Sleep 600"
+        $child = Start-ChildPwsh -Script $script
+        try {
+            $line = Wait-ChildLine -Process $child -Pattern '^POD ' -TimeoutSeconds 120
+            $id, $ref = ($line -split ' ')[1, 2]
+            docker inspect $id *> $null; $LASTEXITCODE | Should -Be 0
+        }
+        finally { $child.Kill($true); $child.WaitForExit() }
+        docker inspect $id *> $null; $LASTEXITCODE | Should -Be 0 -Because 'nothing in a killed process can remove its container'
+        $img = Import-MelangeImage -Path (Get-TestRootfs) -Runner docker
+        try {
+            $verbose = $( $pod = Start-MelangePod -Image $img -Verbose ) 4>&1
+            $pod | Stop-MelangePod
+            "$verbose" | Should -Match "Removing container $($id.Substring(0, 0)).*which is gone" 
+            docker inspect $id *> $null; $LASTEXITCODE | Should -Not -Be 0
+        }
+        finally {
+            $img | Remove-MelangeImage -Confirm:$false
+            docker rmi -f $ref *> $null
+        }
+    }
+}

@@ -200,6 +200,11 @@ Describe 'A docker pod' -Skip:($noDocker -or $noCli) {
         (tar -tf $tar.FullName) | Should -Contain 'melange-out/hello/usr/bin/hello'
     }
 
+    It 'runs Enter-MelangePod as an exec (docker exec -i, -t on a terminal) and returns its status' {
+        $script:pod | Enter-MelangePod -Command sh, -c, 'exit 3'
+        $LASTEXITCODE | Should -Be 3
+    }
+
     It 'reads the release data of the image' {
         ($script:pod | Get-MelangeReleaseData).ID | Should -Be 'melange-demo'
     }

@@ -233,6 +233,22 @@ Describe 'A docker pod for the build user' -Skip:($noDocker -or $noCli) {
     }
 }
 
+Describe 'A docker pod of an image whose config names a user' -Skip:($noDocker -or $noCli) {
+    It 'runs steps as the image''s User (build) and gives it the workspace; -RunAs root overrides it' {
+        $oci = New-OciLayout -Dir (Join-Path $TestDrive 'oci-user') -User build -WorkingDir /tmp
+        $img = Import-MelangeImage -LiteralPath $oci -Runner docker
+        try {
+            $pod = Start-MelangePod -Image $img
+            try { $pod | Invoke-MelangePod 'id -u; pwd; touch x && stat -c %U x' | Should -Be @('1000', '/home/build', 'build') }
+            finally { $pod | Stop-MelangePod }
+            $pod = Start-MelangePod -Image $img -RunAs root
+            try { $pod | Invoke-MelangePod 'id -u' | Should -Be '0' }
+            finally { $pod | Stop-MelangePod }
+        }
+        finally { $img | Remove-MelangeImage -Confirm:$false }
+    }
+}
+
 Describe 'Planning and stopping a docker pod' -Skip:($noDocker -or $noCli) {
     BeforeAll {
         $script:img = Import-MelangeImage -Path (Get-TestRootfs) -Runner docker

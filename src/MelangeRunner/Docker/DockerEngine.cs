@@ -65,7 +65,11 @@ internal static class DockerEngine
             return null;
         }
         catch (MelangeException e) { return e.Message + " " + e.Fix; }
-        catch (Exception e) { return Unavailable(e, null).Message + " " + Unavailable(e, null).Fix; }
+        catch (Exception e)
+        {
+            var error = Unavailable(e, null);
+            return error.Message + " " + error.Fix;
+        }
     }
 
     /// <summary>Checks that the engine answers (within <see cref="ProbeTimeout"/>), with the clear error otherwise.</summary>

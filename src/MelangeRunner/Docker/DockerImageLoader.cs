@@ -33,7 +33,6 @@ internal sealed class DockerImageLoader : IImageLoader
         var temp = Directory.CreateTempSubdirectory("melange-docker-import-");
         using var tempWatch = HostProcess.Reaper.WatchPath(temp.FullName);
         ImageSource? source = null;
-        var imported = false;
         try
         {
             using var tempDir = new TempDir(temp.FullName);
@@ -60,8 +59,8 @@ internal sealed class DockerImageLoader : IImageLoader
             var parameters = new ImagesCreateParameters
             {
                 FromSrc = "-",
-                Repo = DockerEngine.ImageRepository,
-                Tag = tag,
+                // The tag inside repo (which the API allows): podman's import ignores a separate tag.
+                Repo = reference,
                 Platform = "linux/" + Architecture.OciName(source.Arch),
                 Message = "melange-runner import of " + full,
                 Changes = Changes(source).ToList(),
@@ -84,7 +83,6 @@ internal sealed class DockerImageLoader : IImageLoader
                 }
             }
             await producer.ConfigureAwait(false);
-            imported = true;
             lock (messages)
             {
                 if (messages.FirstOrDefault(m => m.Error is not null) is { } failed)
@@ -110,7 +108,6 @@ internal sealed class DockerImageLoader : IImageLoader
         {
             // Whatever the engine already made of a partial import goes too.
             await TryRemoveAsync(client, reference).ConfigureAwait(false);
-            _ = imported;
             throw;
         }
         finally

@@ -39,8 +39,9 @@ internal static class DockerPodPlanner
         return string.IsNullOrEmpty(config.RunAs) ? null : config.RunAs;
     }
 
-    /// <summary>Whether steps run as root (then the workspace needs no chown).</summary>
-    internal static bool RunsAsRoot(PodConfig config) => ExecUser(config) is null or "root" or "0" or "0:0" or "root:root";
+    /// <summary>Whether a user (as exec takes it: name or uid, with an optional :group) is root; null or empty is the container's user, root.</summary>
+    internal static bool IsRoot(string? user) =>
+        string.IsNullOrEmpty(user) || (user.Split(':')[0] is "root" or "0");
 
     internal static long? NanoCpus(PodConfig config) =>
         config.CPU is { Length: > 0 } c && int.TryParse(c, out var n) && n > 0 ? n * 1_000_000_000L : null;

@@ -57,6 +57,7 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
                     $"The engine at {DockerEngine.EndpointText} has no image {image.Ref}.", "Import the image again with Import-MelangeImage -Runner docker.", image, e);
             }
             var user = DockerPodPlanner.ExecUser(config) ?? (inspect.Config?.User is { Length: > 0 } u ? u : null);
+            if (DockerPodPlanner.IsRoot(user)) user = null;
 
             var request = DockerPodPlanner.CreateRequest(config, image, name);
             events.Verbose("Docker create request (" + DockerEngine.EndpointText + "): " + DockerPodPlanner.ToJson(request));
@@ -83,7 +84,8 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
         }
         catch
         {
-            if (containerId is not null) await RemoveContainerAsync(client, containerId).ConfigureAwait(false);
+            // By name when the id never came back (cancelled while the engine was creating it).
+            await TryRemoveContainerAsync(client, containerId ?? name).ConfigureAwait(false);
             client.Dispose();
             throw;
         }
@@ -110,8 +112,15 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
         {
             if (c.Labels is null || !c.Labels.TryGetValue(DockerEngine.OwnerLabel, out var owner) || !DockerEngine.OwnerIsGone(owner)) continue;
             events.Verbose($"Removing container {c.ID[..12]}, left by process {owner}, which is gone.");
-            await RemoveContainerAsync(client, c.ID).ConfigureAwait(false);
+            await TryRemoveContainerAsync(client, c.ID).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>Removal on a path that already has an error (or is best effort): nothing it throws may replace that error.</summary>
+    private static async Task TryRemoveContainerAsync(DockerClient client, string id)
+    {
+        try { await RemoveContainerAsync(client, id).ConfigureAwait(false); }
+        catch (Exception) { } // the engine went away: the owner label lets a later start sweep it
     }
 
     private static async Task RemoveContainerAsync(DockerClient client, string id)
@@ -162,7 +171,7 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
             }
         }
         await producer.ConfigureAwait(false);
-        if (User is { } user && !DockerPodPlanner.RunsAsRoot(_config))
+        if (User is { } user && !DockerPodPlanner.IsRoot(user))
         {
             var (code, output) = await CaptureAsync(new[] { "chown", "-R", user, Defaults.WorkspaceDir }, cancellationToken).ConfigureAwait(false);
             if (code != 0)

@@ -98,6 +98,18 @@ public class DockerPodPlannerTests
     public void ExecUserFollowsRunAs(string uid, string gid, string runAs, string expected) =>
         Assert.Equal(expected, DockerPodPlanner.ExecUser(new PodConfig { RunAsUID = uid, RunAsGID = gid, RunAs = runAs }));
 
+    [Theory]
+    [InlineData(null, true)]
+    [InlineData("", true)]
+    [InlineData("root", true)]
+    [InlineData("0", true)]
+    [InlineData("0:1000", true)]
+    [InlineData("root:wheel", true)]
+    [InlineData("build", false)]
+    [InlineData("1000:0", false)]
+    [InlineData("rooted", false)]
+    public void KnowsRoot(string user, bool root) => Assert.Equal(root, DockerPodPlanner.IsRoot(user));
+
     [Fact]
     public void ThePlanIsTheCreateRequestAsJsonAndTheDockerRunLine()
     {

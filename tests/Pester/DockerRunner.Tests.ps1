@@ -90,6 +90,21 @@ Describe 'Images in the docker engine' -Skip:($noDocker -or $noCli) {
         $images | Remove-MelangeImage -Confirm:$false
     }
 
+    It 'leaves no image and no temporary directory when an import is stopped (Ctrl+C)' {
+        # A layer big enough to be stopped mid-stream: 64 MiB of random bytes, gzip'ed (incompressible).
+        $big = Join-Path $TestDrive 'big.tar.gz'
+        $null = & sh -c "mkdir -p '$TestDrive/bigroot' && head -c 67108864 /dev/urandom > '$TestDrive/bigroot/blob' && tar -C '$TestDrive/bigroot' -czf '$big' ."
+        $before = @(docker images -q melange-runner/image).Count
+        $ps = [powershell]::Create()
+        $null = $ps.AddScript('param($Manifest, $Path) Import-Module $Manifest; Import-MelangeImage -Path $Path -Runner docker').AddArgument($script:ModuleManifest).AddArgument($big)
+        $async = $ps.BeginInvoke()
+        Wait-Until { $ps.Streams.Progress.Count -gt 0 -or $async.IsCompleted } -TimeoutSeconds 30 -Because 'the import to start'
+        $ps.Stop()
+        $ps.Dispose()
+        Wait-Until { @(docker images -q melange-runner/image).Count -eq $before } -TimeoutSeconds 20 -Because 'the partial image to be removed'
+        @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-docker-import-*').Count | Should -Be 0
+    }
+
     It 'refuses a corrupt layer as CorruptImage and leaves no image behind' {
         $bytes = [IO.File]::ReadAllBytes((Get-TestRootfs))
         $cut = Join-Path $TestDrive 'cut.tar.gz'

@@ -163,6 +163,21 @@ Describe 'A docker pod' -Skip:($noDocker -or $noCli) {
         @($info | Where-Object { $_.Tags -contains 'stderr' }).MessageData.Message | Should -Contain 'to-stderr'
     }
 
+    It 'streams a step''s lines as they come, not at its end' {
+        $ps = [powershell]::Create()
+        $null = $ps.AddScript('param($Manifest, $Pod) Import-Module $Manifest; $Pod | Invoke-MelangePod "echo first; sleep 3; echo second"').AddArgument($script:ModuleManifest).AddArgument($script:pod)
+        $output = [System.Management.Automation.PSDataCollection[psobject]]::new()
+        $watch = [Diagnostics.Stopwatch]::StartNew()
+        $async = $ps.BeginInvoke([System.Management.Automation.PSDataCollection[psobject]]::new(), $output)
+        Wait-Until { $output.Count -gt 0 } -TimeoutSeconds 20 -Because 'the first line'
+        $first = $watch.Elapsed.TotalSeconds
+        $null = $ps.EndInvoke($async)
+        $all = $watch.Elapsed.TotalSeconds
+        $ps.Dispose()
+        @($output) | Should -Be @('first', 'second')
+        ($all - $first) | Should -BeGreaterThan 2 -Because 'the first line arrived while the step was still sleeping'
+    }
+
     It 'gives steps the same environment as the other runners: default PATH, config, per-call overrides' {
         $out = $script:pod | Invoke-MelangePod -Command sh, -c, 'echo "$PATH|$FROM_CONFIG|$OVERRIDDEN"' -Environment @{ OVERRIDDEN = 'call' }
         $out | Should -Be "$([MelangeRunner.Defaults]::Path)|config|call"

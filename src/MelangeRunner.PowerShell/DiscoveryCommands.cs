@@ -76,6 +76,9 @@ public sealed class GetMelangeImageCommand : MelangeCmdlet
         try
         {
             images = RunEngine((events, _) => Task.FromResult(ImageCatalog.List(events)));
+            // Docker images live in a shared engine: listed only when asked for by name.
+            if (Runner?.Contains(Runners.Docker, StringComparer.Ordinal) == true)
+                images = images.Concat(RunEngine((events, ct) => MelangeRunner.Docker.DockerImageCatalog.ListAsync(events, ct))).ToList();
         }
         catch (Exception e) when (IsReportable(e))
         {

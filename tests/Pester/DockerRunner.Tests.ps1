@@ -78,6 +78,26 @@ Describe 'Images in the docker engine' -Skip:($noDocker -or $noCli) {
         @(Get-ChildItem ([IO.Path]::GetTempPath()) -Filter 'melange-docker-import-*').Count | Should -Be 0
     }
 
+    It 'lists the engine''s images of this module with Get-MelangeImage -Runner docker only, rebuilt from their labels' {
+        $oci = New-OciLayout -Dir (Join-Path $TestDrive 'oci-listed') -Env 'LISTED=yes'
+        $img = Import-MelangeImage -LiteralPath $oci -Runner docker
+        try {
+            $listed = @(Get-MelangeImage -Runner docker | Where-Object Ref -EQ $img.Ref)
+            $listed.Count | Should -Be 1
+            $listed[0].Runner | Should -Be 'docker'
+            $listed[0].Source | Should -Be $img.Source
+            $listed[0].Arch | Should -Be $img.Arch
+            $listed[0].SourceKind | Should -Be 'oci-layout'
+            $listed[0].Env | Should -Contain 'LISTED=yes'
+            @(Get-MelangeImage | Where-Object Ref -EQ $img.Ref).Count | Should -Be 0 -Because 'the engine is shared: docker images are listed only when asked for'
+            $pod = $listed[0] | Start-MelangePod
+            try { $pod | Invoke-MelangePod 'echo $LISTED' | Should -Be 'yes' } finally { $pod | Stop-MelangePod }
+            $listed[0] | Remove-MelangeImage -Confirm:$false
+            @(Get-MelangeImage -Runner docker | Where-Object Ref -EQ $img.Ref).Count | Should -Be 0
+        }
+        finally { $img | Remove-MelangeImage -Confirm:$false -ErrorAction Ignore }
+    }
+
     It 'gives concurrent imports of one file distinct tags (melange #2532)' {
         $manifest = $script:ModuleManifest
         $path = Get-TestRootfs

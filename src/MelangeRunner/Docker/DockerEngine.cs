@@ -52,6 +52,17 @@ internal static class DockerEngine
         return builder.Build();
     }
 
+    /// <summary>A client, or null (with a warning) when DOCKER_HOST is invalid or the socket is missing.</summary>
+    internal static DockerClient? CreateClientOrNull(IEventSink events)
+    {
+        try { return CreateClient(); }
+        catch (MelangeException e)
+        {
+            events.Warning("Docker images are not listed: " + e.Message);
+            return null;
+        }
+    }
+
     private static bool IsSocket(string path) => Native.Libc.LStat(path) is not null;
 
     /// <summary>Ping within <see cref="ProbeTimeout"/>: null when the engine answers, else why not.</summary>

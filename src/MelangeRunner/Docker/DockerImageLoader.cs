@@ -56,6 +56,8 @@ internal sealed class DockerImageLoader : IImageLoader
                 }
             }, CancellationToken.None);
 
+            var changes = Changes(source).ToList();
+            changes.Add(Labels(full, source));
             var parameters = new ImagesCreateParameters
             {
                 FromSrc = "-",
@@ -63,7 +65,7 @@ internal sealed class DockerImageLoader : IImageLoader
                 Repo = reference,
                 Platform = "linux/" + Architecture.OciName(source.Arch),
                 Message = "melange-runner import of " + full,
-                Changes = Changes(source).ToList(),
+                Changes = changes,
             };
             var messages = new List<JSONMessage>();
             using (var body = new Workspace.ProducerStream(pipe, producer, cancellationToken))
@@ -128,7 +130,16 @@ internal sealed class DockerImageLoader : IImageLoader
         }
         if (source.WorkingDir is { } wd) yield return "WORKDIR " + wd;
         if (source.User is { } user) yield return "USER " + user;
-        yield return $"LABEL {DockerEngine.MelangeLabel}=true {ImportLabel}={Quote(DockerEngine.OwnerValue)}";
+    }
+
+    internal const string SourceLabel = "dev.chainguard.melange.runner-source", ArchLabel = "dev.chainguard.melange.runner-arch", KindLabel = "dev.chainguard.melange.runner-kind";
+
+    /// <summary>What Get-MelangeImage -Runner docker rebuilds the ImageInfo from: the importer, the source, its architecture and kind.</summary>
+    internal static string Labels(string fullSource, ImageSource source)
+    {
+        var labels = $"LABEL {DockerEngine.MelangeLabel}=true {ImportLabel}={Quote(DockerEngine.OwnerValue)} {ArchLabel}={Quote(source.Arch)} {KindLabel}={Quote(source.Kind)}";
+        if (fullSource.AsSpan().IndexOfAny('\n', '\r') < 0) labels += $" {SourceLabel}={Quote(fullSource)}";
+        return labels;
     }
 
     // A Dockerfile ENV/LABEL value in double quotes (the only way to keep spaces and an empty value).

@@ -14,7 +14,7 @@ public sealed class GetMelangePodCommand : MelangeCmdlet
     public string[]? Id { get; set; }
 
     [Parameter]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     public string[]? Runner { get; set; }
 
     [Parameter]
@@ -67,7 +67,7 @@ public sealed class GetMelangeImageCommand : MelangeCmdlet
     public string[]? Source { get; set; }
 
     [Parameter]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     public string[]? Runner { get; set; }
 
     protected override void ProcessRecord()
@@ -76,6 +76,9 @@ public sealed class GetMelangeImageCommand : MelangeCmdlet
         try
         {
             images = RunEngine((events, _) => Task.FromResult(ImageCatalog.List(events)));
+            // Docker images live in a shared engine: listed only when asked for by name.
+            if (Runner?.Contains(Runners.Docker, StringComparer.Ordinal) == true)
+                images = images.Concat(RunEngine((events, ct) => MelangeRunner.Docker.DockerImageCatalog.ListAsync(events, ct))).ToList();
         }
         catch (Exception e) when (IsReportable(e))
         {

@@ -22,7 +22,7 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
     public string[] LiteralPath { get; set; } = Array.Empty<string>();
 
     [Parameter(Mandatory = true, Position = 1)]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     public string Runner { get; set; } = "";
 
     /// <summary>The architecture to pick from a multi-platform image; default the host's.</summary>

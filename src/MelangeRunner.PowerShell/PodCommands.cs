@@ -18,7 +18,7 @@ public sealed class NewMelangePodConfigCommand : PodConfigCmdlet
 public abstract class PodLaunchCmdlet : PodConfigCmdlet
 {
     [Parameter]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     public string? Runner { get; set; }
 
     [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true)]

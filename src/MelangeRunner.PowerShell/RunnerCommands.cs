@@ -42,7 +42,7 @@ public sealed class GetMelangeRunnerCommand : MelangeCmdlet
 public sealed class TestMelangeRunnerCommand : MelangeCmdlet
 {
     [Parameter(Mandatory = true, Position = 0, ValueFromPipeline = true, ValueFromPipelineByPropertyName = true)]
-    [ValidateSet(Runners.Bubblewrap, Runners.Qemu)]
+    [ValidateSet(Runners.Bubblewrap, Runners.Qemu, Runners.Docker)]
     [Alias("Runner")]
     public string Name { get; set; } = "";
 

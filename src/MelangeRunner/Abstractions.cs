@@ -78,6 +78,10 @@ public sealed class PodPlan
     public string? Accelerator { get; init; }
     public string? AcceleratorReason { get; init; }
 
+    /// <summary>docker: the container create request as the engine receives it (JSON), and the engine's address.</summary>
+    public string? CreateRequest { get; init; }
+    public string? Endpoint { get; init; }
+
     /// <summary>The command line, shell-quoted, as -Verbose shows it.</summary>
     public string CommandLine => ShellQuote.Join(new[] { FileName }.Concat(Arguments));
 

@@ -33,7 +33,8 @@ public static class Runners
 {
     public const string Bubblewrap = "bubblewrap";
     public const string Qemu = "qemu";
+    public const string Docker = "docker";
 
     /// <summary>Every runner name, in the order they are listed.</summary>
-    public static IReadOnlyList<string> All { get; } = new[] { Bubblewrap, Qemu };
+    public static IReadOnlyList<string> All { get; } = new[] { Bubblewrap, Qemu, Docker };
 }

@@ -10,6 +10,7 @@ public static class RunnerRegistry
     {
         [Runners.Bubblewrap] = new(() => new BubblewrapRunner()),
         [Runners.Qemu] = new(() => new QemuRunner()),
+        [Runners.Docker] = new(() => new Docker.DockerRunner()),
     };
 
     /// <summary>The runner called <paramref name="name"/>; an unknown name is an error listing the known ones.</summary>

@@ -152,7 +152,7 @@ function Get-ChildQemu {
 # An OCI image layout around a real layer (default: the busybox rootfs), whose config sets Env and
 # architecture; -Platform also names the platform in the index, as multi-arch indexes do.
 function New-OciLayout {
-    param([Parameter(Mandatory)][string]$Dir, [string[]]$Env = @(), [string]$Architecture = 'amd64', [string]$Layer = (Get-TestRootfs), [switch]$Platform)
+    param([Parameter(Mandatory)][string]$Dir, [string[]]$Env = @(), [string]$Architecture = 'amd64', [string]$Layer = (Get-TestRootfs), [switch]$Platform, [string]$WorkingDir, [string]$User)
     $blobs = New-Item -ItemType Directory -Force (Join-Path $Dir 'blobs/sha256')
     function Add-Blob([byte[]]$Bytes) {
         $hex = [Convert]::ToHexString([Security.Cryptography.SHA256]::HashData($Bytes)).ToLowerInvariant()
@@ -161,7 +161,10 @@ function New-OciLayout {
     }
     function Add-Json($Object) { Add-Blob ([Text.Encoding]::UTF8.GetBytes(($Object | ConvertTo-Json -Depth 8 -Compress))) }
     $layerBlob = Add-Blob ([IO.File]::ReadAllBytes($Layer))
-    $config = Add-Json @{ architecture = $Architecture; os = 'linux'; rootfs = @{ type = 'layers'; diff_ids = @() }; config = @{ Env = $Env } }
+    $imageConfig = @{ Env = $Env }
+    if ($WorkingDir) { $imageConfig.WorkingDir = $WorkingDir }
+    if ($User) { $imageConfig.User = $User }
+    $config = Add-Json @{ architecture = $Architecture; os = 'linux'; rootfs = @{ type = 'layers'; diff_ids = @() }; config = $imageConfig }
     $manifest = Add-Json @{
         schemaVersion = 2; mediaType = 'application/vnd.oci.image.manifest.v1+json'
         config = @{ mediaType = 'application/vnd.oci.image.config.v1+json'; digest = $config.digest; size = $config.size }

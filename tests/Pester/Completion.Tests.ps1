@@ -71,6 +71,6 @@ Describe 'Argument completion' {
 
     It 'Get-MelangeRunner -Name, which takes wildcards, still completes runner names' {
         Complete 'Get-MelangeRunner -Name q' | Should -Be @('qemu')
-        Complete 'Get-MelangeRunner ' | Should -Be @('bubblewrap', 'qemu')
+        Complete 'Get-MelangeRunner ' | Should -Be @('bubblewrap', 'qemu', 'docker')
     }
 }

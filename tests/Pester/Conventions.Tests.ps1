@@ -89,7 +89,7 @@ Describe 'Get-MelangeRunner -Name' {
         (Get-MelangeRunner 'B*', 'q*').Name | Should -Be @('bubblewrap', 'qemu')
         Get-MelangeRunner -Name 'x*' -ErrorVariable none | Should -BeNullOrEmpty
         $none.Count | Should -Be 0
-        Get-MelangeRunner -Name docker -ErrorVariable err -ErrorAction SilentlyContinue | Should -BeNullOrEmpty
+        Get-MelangeRunner -Name lxc -ErrorVariable err -ErrorAction SilentlyContinue | Should -BeNullOrEmpty
         $err[0].FullyQualifiedErrorId | Should -Be 'UnknownRunner,MelangeRunner.PowerShell.GetMelangeRunnerCommand'
         $err[0].CategoryInfo.Category | Should -Be 'ObjectNotFound'
     }

@@ -6,6 +6,7 @@ BeforeDiscovery {
     $runners = @(
         @{ Runner = 'bubblewrap'; Skip = -not (Test-MelangeRunner -Name bubblewrap) }
         @{ Runner = 'qemu'; Skip = -not (Test-MelangeRunner -Name qemu) }
+        @{ Runner = 'docker'; Skip = -not (Test-MelangeRunner -Name docker) }
     )
     # debootstrap needs root and is installed by .ci/run; without it there is no image to test.
     $noDebootstrap = -not (Get-Command debootstrap -ErrorAction Ignore) -or (& id -u) -ne '0'

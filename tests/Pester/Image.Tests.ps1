@@ -131,7 +131,7 @@ Describe 'Import-MelangeImage' {
     }
 
     It 'refuses an unknown runner' {
-        { Import-MelangeImage -Path (Get-TestRootfs) -Runner docker } | Should -Throw -ErrorId 'ParameterArgumentValidationError,*'
+        { Import-MelangeImage -Path (Get-TestRootfs) -Runner lxc } | Should -Throw -ErrorId 'ParameterArgumentValidationError,*'
     }
 }
 

@@ -18,6 +18,10 @@ internal sealed class ImageSource : IDisposable
     /// <summary>The image config's Env ("K=V" strings, in order); empty for a bare layer tar.</summary>
     public IReadOnlyList<string> Env { get; init; } = Array.Empty<string>();
 
+    /// <summary>The image config's WorkingDir and User (null when unset or for a bare layer tar).</summary>
+    public string? WorkingDir { get; init; }
+    public string? User { get; init; }
+
     public List<IDisposable> Owned { get; } = new();
 
     public void Dispose()
@@ -218,13 +222,15 @@ internal sealed class ImageSource : IDisposable
             }
             string archName = match.C.Arch != null ? Architecture.FromOci(match.C.Arch, match.C.Variant) : wanted;
             IReadOnlyList<string> env = Array.Empty<string>();
+            string? workingDir = null, user = null;
             if (manifest.RootElement.TryGetProperty("config", out var configDescriptor))
             {
                 using var config = store.ReadJson(DigestOf(configDescriptor));
                 env = EnvOf(config.RootElement);
+                (workingDir, user) = (ConfigString(config.RootElement, "WorkingDir"), ConfigString(config.RootElement, "User"));
             }
             events.Verbose($"Using the {archName} image of '{store.DisplayPath}' ({list.Count} layers).");
-            return new ImageSource { Kind = kind, Arch = archName, Layers = list, Env = env };
+            return new ImageSource { Kind = kind, Arch = archName, Layers = list, Env = env, WorkingDir = workingDir, User = user };
         }
         finally
         {
@@ -263,6 +269,10 @@ internal sealed class ImageSource : IDisposable
             .Where(kv => kv.IndexOf('=') > 0 && !kv.Contains('\0')).ToList();
     }
 
+    /// <summary>config.WorkingDir / config.User of an image config: a non-empty string without NUL or newline, else null.</summary>
+    static string? ConfigString(JsonElement config, string name) =>
+        config.TryGetProperty("config", out var c) && Str(c, name) is { Length: > 0 } v && v.IndexOfAny(new[] { '\0', '\n', '\r' }) < 0 ? v : null;
+
     static string? Str(JsonElement e, string name) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
@@ -280,6 +290,7 @@ internal sealed class ImageSource : IDisposable
         JsonElement? chosen = null;
         string? chosenArch = null;
         IReadOnlyList<string> env = Array.Empty<string>();
+        string? workingDir = null, user = null;
         int count = doc.RootElement.GetArrayLength();
         foreach (var img in doc.RootElement.EnumerateArray())
         {
@@ -290,10 +301,12 @@ internal sealed class ImageSource : IDisposable
                 arch = Str(cfg.RootElement, "architecture");
                 variant = Str(cfg.RootElement, "variant");
                 env = EnvOf(cfg.RootElement);
+                (workingDir, user) = (ConfigString(cfg.RootElement, "WorkingDir"), ConfigString(cfg.RootElement, "User"));
             }
             if (arch == null && count == 1) { chosen = img; chosenArch = wanted; break; }
             if (arch != null && Architecture.Matches(wanted, arch, variant)) { chosen = img; chosenArch = Architecture.FromOci(arch, variant); break; }
             env = Array.Empty<string>();
+            (workingDir, user) = (null, null);
             if (arch != null) seen.Add(Architecture.FromOci(arch, variant));
         }
         if (chosen == null)
@@ -309,7 +322,7 @@ internal sealed class ImageSource : IDisposable
                 string? digest = p.StartsWith("blobs/sha256/", StringComparison.Ordinal) ? "sha256:" + p["blobs/sha256/".Length..] : null;
                 list.Add(new LayerRef(p, m.Length, digest, () => store.OpenMember(m)));
             }
-        return new ImageSource { Kind = "docker-archive", Arch = chosenArch!, Layers = list, Env = env };
+        return new ImageSource { Kind = "docker-archive", Arch = chosenArch!, Layers = list, Env = env, WorkingDir = workingDir, User = user };
     }
 
     // ---- blob stores ----------------------------------------------------------------------

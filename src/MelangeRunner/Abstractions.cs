@@ -93,6 +93,12 @@ public interface IImageLoader
 {
     Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken cancellationToken);
     Task RemoveImageAsync(ImageInfo image, CancellationToken cancellationToken);
+
+    /// <summary>
+    /// Whether the image is still there, checked before a start (ImageRemoved otherwise). Images
+    /// on the host's disk by default; a runner whose images live in an engine answers at start.
+    /// </summary>
+    bool IsPresent(ImageInfo image) => File.Exists(image.Ref) || Directory.Exists(image.Ref);
 }
 
 /// <summary>What a runner needs to start one pod.</summary>

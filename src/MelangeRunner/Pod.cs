@@ -105,7 +105,7 @@ public sealed class Pod : IDisposable
             throw new MelangeException(ErrorKind.InvalidArgument, "WrongImageRunner",
                 $"The image {image.Ref} was imported for the {image.Runner} runner, not for {runner.Name}.",
                 $"Import it again with -Runner {runner.Name}.", image);
-        if (!File.Exists(image.Ref) && !Directory.Exists(image.Ref))
+        if (!runner.ImageLoader.IsPresent(image))
             throw new MelangeException(ErrorKind.ObjectNotFound, "ImageRemoved",
                 $"The image {image.Ref} no longer exists.", "Import the image again with Import-MelangeImage.", image);
 

@@ -331,9 +331,11 @@ Describe 'Planning and stopping a docker pod' -Skip:($noDocker -or $noCli) {
         $pod.State | Should -Be 'Stopped'
         docker inspect $pod.Id *> $null; $LASTEXITCODE | Should -Not -Be 0
         Test-Path $ws | Should -BeFalse
-        # A mount whose source the engine cannot bind: the start fails, and no container stays.
+        # A mount the engine creates but cannot start (a file onto the image's /etc directory):
+        # the start fails, and no container stays.
         $before = @(docker ps -aq --filter 'label=dev.chainguard.melange.runner-owner').Count
-        $null = Start-MelangePod -Image $script:img -Runner docker -Mount "$TestDrive/missing-dir-$PID/x:/x" -ErrorVariable err -ErrorAction SilentlyContinue
+        Set-Content -LiteralPath "$TestDrive/a-file" 'x'
+        $null = Start-MelangePod -Image $script:img -Runner docker -Mount "$TestDrive/a-file:/etc" -ErrorVariable err -ErrorAction SilentlyContinue
         $err | Should -Not -BeNullOrEmpty
         $err[0].FullyQualifiedErrorId | Should -BeLike 'PodStartFailed,*'
         @(docker ps -aq --filter 'label=dev.chainguard.melange.runner-owner').Count | Should -Be $before

@@ -1,3 +1,4 @@
+using MelangeRunner.IO;
 using System.Security.Cryptography;
 using Docker.DotNet;
 using Docker.DotNet.Models;
@@ -11,7 +12,7 @@ namespace MelangeRunner.Docker;
 /// own importer (whiteouts resolved, unsafe entries dropped) and streamed into the engine's
 /// import (POST /images/create?fromSrc=-), never through a file of its own. Each import gets
 /// a tag of its own (<c>melange-runner/image:&lt;random&gt;</c>), so concurrent imports never
-/// race on one tag (melange #2532). The image config's Env, WorkingDir and User go along as
+/// race on one tag (melange #2532). The image spec's Env, WorkingDir and User go along as
 /// import changes.
 /// </summary>
 internal sealed class DockerImageLoader : IImageLoader
@@ -119,7 +120,7 @@ internal sealed class DockerImageLoader : IImageLoader
         }
     }
 
-    /// <summary>The Dockerfile instructions that keep the image config: ENV, WORKDIR, USER, the import label.</summary>
+    /// <summary>The Dockerfile instructions that keep the image spec: ENV, WORKDIR, USER, the import label.</summary>
     internal static IEnumerable<string> Changes(ImageSource source)
     {
         foreach (var kv in source.Env)
@@ -144,6 +145,9 @@ internal sealed class DockerImageLoader : IImageLoader
 
     // A Dockerfile ENV/LABEL value in double quotes (the only way to keep spaces and an empty value).
     private static string Quote(string value) => "\"" + value.Replace("\\", "\\\\").Replace("\"", "\\\"").Replace("$", "\\$") + "\"";
+
+    /// <summary>The image is in the engine: the start's inspect reports ImageRemoved (a 404) itself.</summary>
+    public bool IsPresent(ImageInfo image) => true;
 
     public async Task RemoveImageAsync(ImageInfo image, CancellationToken cancellationToken)
     {

@@ -22,50 +22,50 @@ internal static class DockerPodPlanner
     /// host's workspace (melange #1647). melange's resolv.conf mount is left to the engine,
     /// which writes its own /etc/resolv.conf.
     /// </summary>
-    internal static IReadOnlyList<BindMount> Mounts(PodConfig config)
+    internal static IReadOnlyList<BindMount> Mounts(PodSpec spec)
     {
         var mounts = new List<BindMount>();
-        if (!string.IsNullOrEmpty(config.CacheDir)) mounts.Add(new BindMount(config.CacheDir, Defaults.CacheDir));
-        foreach (var m in config.Mounts)
+        if (!string.IsNullOrEmpty(spec.CacheDir)) mounts.Add(new BindMount(spec.CacheDir, Defaults.CacheDir));
+        foreach (var m in spec.Mounts)
             if (m.Source != Defaults.ResolvConfPath) mounts.Add(m);
         return mounts;
     }
 
     /// <summary>The user a step runs as: RunAsUID[:RunAsGID], else RunAs (resolved by the engine in the image), else the image's own user.</summary>
-    internal static string? ExecUser(PodConfig config)
+    internal static string? ExecUser(PodSpec spec)
     {
-        if (!string.IsNullOrEmpty(config.RunAsUID))
-            return string.IsNullOrEmpty(config.RunAsGID) ? config.RunAsUID : config.RunAsUID + ":" + config.RunAsGID;
-        return string.IsNullOrEmpty(config.RunAs) ? null : config.RunAs;
+        if (!string.IsNullOrEmpty(spec.RunAsUID))
+            return string.IsNullOrEmpty(spec.RunAsGID) ? spec.RunAsUID : spec.RunAsUID + ":" + spec.RunAsGID;
+        return string.IsNullOrEmpty(spec.RunAs) ? null : spec.RunAs;
     }
 
     /// <summary>Whether a user (as exec takes it: name or uid, with an optional :group) is root; null or empty is the container's user, root.</summary>
     internal static bool IsRoot(string? user) =>
         string.IsNullOrEmpty(user) || (user.Split(':')[0] is "root" or "0");
 
-    internal static long? NanoCpus(PodConfig config) =>
-        config.CPU is { Length: > 0 } c && int.TryParse(c, out var n) && n > 0 ? n * 1_000_000_000L : null;
+    internal static long? NanoCpus(PodSpec spec) =>
+        spec.CPU is { Length: > 0 } c && int.TryParse(c, out var n) && n > 0 ? n * 1_000_000_000L : null;
 
-    internal static long? MemoryBytes(PodConfig config) =>
-        config.Memory is { Length: > 0 } m ? SizeParser.ParseToBytes(m, "Memory") : null;
+    internal static long? MemoryBytes(PodSpec spec) =>
+        spec.Memory is { Length: > 0 } m ? SizeParser.ParseToBytes(m, "Memory") : null;
 
-    /// <summary>The create request for a pod of <paramref name="config"/> from <paramref name="image"/>.</summary>
-    internal static CreateContainerParameters CreateRequest(PodConfig config, ImageInfo image, string? name = null)
+    /// <summary>The create request for a pod of <paramref name="spec"/> from <paramref name="image"/>.</summary>
+    internal static CreateContainerParameters CreateRequest(PodSpec spec, ImageInfo image, string? name = null)
     {
         var labels = new Dictionary<string, string>(StringComparer.Ordinal)
         {
             [DockerEngine.MelangeLabel] = "true",
-            [DockerEngine.PackageLabel] = config.PackageName ?? "",
+            [DockerEngine.PackageLabel] = spec.PackageName ?? "",
             [DockerEngine.OwnerLabel] = DockerEngine.OwnerValue,
         };
         var host = new HostConfig
         {
-            Mounts = Mounts(config).Select(m => new Mount { Type = "bind", Source = m.Source, Target = m.Destination }).ToList(),
+            Mounts = Mounts(spec).Select(m => new Mount { Type = "bind", Source = m.Source, Target = m.Destination }).ToList(),
             CapDrop = new List<string> { "ALL" },
-            CapAdd = Capability.Effective(config.Capabilities.Add, config.Capabilities.Drop).ToList(),
-            NetworkMode = config.Capabilities.Networking ? null! : "none",
-            NanoCPUs = NanoCpus(config) ?? 0,
-            Memory = MemoryBytes(config) ?? 0,
+            CapAdd = Capability.Effective(spec.Capabilities.Add, spec.Capabilities.Drop).ToList(),
+            NetworkMode = spec.Capabilities.Networking ? null! : "none",
+            NanoCPUs = NanoCpus(spec) ?? 0,
+            Memory = MemoryBytes(spec) ?? 0,
         };
         // Memory without swap on top: the limit is the limit (docker run --memory-swap = --memory).
         if (host.Memory > 0) host.MemorySwap = host.Memory;
@@ -75,7 +75,7 @@ internal static class DockerPodPlanner
             Image = image.Ref,
             Cmd = KeepAliveCommand.ToList(),
             Entrypoint = new List<string>(),
-            Env = config.StepEnvironment(image.Env, null).Select(kv => kv.Key + "=" + kv.Value).ToList(),
+            Env = spec.StepEnvironment(image.Env, null).Select(kv => kv.Key + "=" + kv.Value).ToList(),
             WorkingDir = "/",
             User = "0:0",
             Tty = false,
@@ -109,16 +109,16 @@ internal static class DockerPodPlanner
     }
 
     /// <summary>Get-MelangePodPlan's answer for docker.</summary>
-    internal static PodPlan Plan(PodConfig config, ImageInfo image)
+    internal static PodPlan Plan(PodSpec spec, ImageInfo image)
     {
-        var request = CreateRequest(config, image);
+        var request = CreateRequest(spec, image);
         return new PodPlan
         {
             Runner = Runners.Docker,
             FileName = "docker",
             Arguments = RunArguments(request),
-            Cpus = NanoCpus(config) is { } n ? (int)(n / 1_000_000_000L) : null,
-            MemoryKiB = MemoryBytes(config) is { } b ? b / Units.KB : null,
+            Cpus = NanoCpus(spec) is { } n ? (int)(n / 1_000_000_000L) : null,
+            MemoryKiB = MemoryBytes(spec) is { } b ? b / Units.KB : null,
             CreateRequest = ToJson(request),
             Endpoint = DockerEngine.EndpointText,
         };

@@ -1,3 +1,5 @@
+using MelangeRunner.IO;
+using MelangeRunner.HostProcess;
 using System.Formats.Tar;
 using System.Text;
 using Docker.DotNet;
@@ -8,22 +10,22 @@ namespace MelangeRunner.Docker;
 /// <summary>
 /// One running docker pod: it owns the engine client and the container id, and does
 /// everything a pod does (run, interactive session, workspace tar, release data, stop).
-/// <see cref="DockerRunner"/> only forwards to it (kept in <c>Pod.RunnerState</c>).
+/// <see cref="DockerRunner"/> only makes it.
 /// </summary>
-internal sealed class DockerPodRuntime : IAsyncDisposable
+internal sealed class DockerPodRuntime : IInteractivePodRuntime, IAsyncDisposable
 {
     private const string PidMarker = "melange-runner-pid:";
     private static readonly TimeSpan KillGrace = TimeSpan.FromSeconds(3);
 
     private readonly DockerClient _client;
-    private readonly PodConfig _config;
+    private readonly PodSpec _spec;
     private readonly ImageInfo _image;
     private int _terminated;
 
-    private DockerPodRuntime(DockerClient client, PodConfig config, ImageInfo image, string containerId, string? user)
+    private DockerPodRuntime(DockerClient client, PodSpec spec, ImageInfo image, string containerId, string? user)
     {
         _client = client;
-        _config = config;
+        _spec = spec;
         _image = image;
         ContainerId = containerId;
         User = user;
@@ -32,13 +34,20 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
     /// <summary>The engine's container id.</summary>
     public string ContainerId { get; }
 
+    public PodSpec Spec => _spec;
+
+    public PodRuntimeView View => PodRuntimeView.None;
+
+    // The engine keeps the container up; a container that died shows as a failed exec.
+    public string? FailureReason => null;
+
     /// <summary>The user steps run as (null: root).</summary>
     public string? User { get; }
 
     public string Endpoint { get; } = DockerEngine.EndpointText;
 
     /// <summary>Creates and starts the container, copies the workspace in and hands it to the build user. Nothing is left behind on failure.</summary>
-    public static async Task<DockerPodRuntime> StartAsync(string name, PodConfig config, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
+    public static async Task<DockerPodRuntime> StartAsync(string name, PodSpec spec, ImageInfo image, IEventSink events, CancellationToken cancellationToken)
     {
         var client = DockerEngine.CreateClient();
         string? containerId = null;
@@ -56,10 +65,23 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
                 throw new MelangeException(ErrorKind.ObjectNotFound, "ImageRemoved",
                     $"The engine at {DockerEngine.EndpointText} has no image {image.Ref}.", "Import the image again with Import-MelangeImage -Runner docker.", image, e);
             }
-            var user = DockerPodPlanner.ExecUser(config) ?? (inspect.Config?.User is { Length: > 0 } u ? u : null);
+            var user = DockerPodPlanner.ExecUser(spec) ?? (inspect.Config?.User is { Length: > 0 } u ? u : null);
             if (DockerPodPlanner.IsRoot(user)) user = null;
 
-            var request = DockerPodPlanner.CreateRequest(config, image, name);
+            // An engine on this host's socket binds this host's paths: a missing source is named
+            // here, as the other runners name it, rather than in the engine's create error. A remote
+            // engine's paths are its own host's, which only the engine can check.
+            if (DockerEngine.Endpoint().Scheme == "unix")
+            {
+                foreach (var m in DockerPodPlanner.Mounts(spec))
+                {
+                    if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
+                        throw new MelangeException(ErrorKind.ObjectNotFound, "MountSourceNotFound",
+                            $"The mount source '{m.Source}' (for {m.Destination}) does not exist.",
+                            "Create it first, or correct the path given to -Mount or -CacheDir.", m.Source);
+                }
+            }
+            var request = DockerPodPlanner.CreateRequest(spec, image, name);
             events.Verbose("Docker create request (" + DockerEngine.EndpointText + "): " + DockerPodPlanner.ToJson(request));
             events.Verbose("Equivalent to: " + ShellQuote.Join(new[] { "docker" }.Concat(DockerPodPlanner.RunArguments(request))));
             events.Progress(new ProgressReport("Starting docker pod", "Creating the container", 0, 3));
@@ -74,11 +96,11 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
                     $"The Docker engine could not start the pod's container: {(e is DockerApiException api ? DockerEngine.ApiMessage(api) : e.Message)}",
                     "Check the mounts (their sources must exist on the engine's host), the image and the limits; read the engine's log.", name, e);
             }
-            var runtime = new DockerPodRuntime(client, config, image, containerId, user);
+            var runtime = new DockerPodRuntime(client, spec, image, containerId, user);
             events.Verbose($"docker pod {name}: container {containerId[..12]} started; steps run as {user ?? "root"}.");
 
             events.Progress(new ProgressReport("Starting docker pod", "Copying the workspace in", 1, 3));
-            await runtime.CopyWorkspaceInAsync(config.WorkspaceDir!, events, cancellationToken).ConfigureAwait(false);
+            await runtime.CopyWorkspaceInAsync(spec.WorkspaceDir!, events, cancellationToken).ConfigureAwait(false);
             events.Progress(new ProgressReport("Starting docker pod", "Ready", 3, 3));
             return runtime;
         }
@@ -320,7 +342,7 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
     private async Task<int> ExecAsync(string? user, IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, bool stdoutToVerbose, CancellationToken cancellationToken)
     {
         cancellationToken.ThrowIfCancellationRequested();
-        var env = _config.StepEnvironment(_image.Env, environment).Select(kv => kv.Key + "=" + kv.Value).ToList();
+        var env = _spec.StepEnvironment(_image.Env, environment).Select(kv => kv.Key + "=" + kv.Value).ToList();
         // The shell reports its pid (the exec's session and process group, which runc makes
         // new) before it becomes the command, so that ending the step can kill that group in
         // the container: killing the API connection alone leaves the process running.
@@ -404,7 +426,7 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
     /// <summary>An interactive command: `docker exec -i [-t]` on the caller's terminal (the CLI handles raw mode and resizes); without the CLI, an exec whose output is streamed.</summary>
     public Task<int> DebugAsync(IReadOnlyDictionary<string, string>? environment, IReadOnlyList<string> command, IEventSink events, CancellationToken cancellationToken)
     {
-        var cli = PodProcess.FindOnPath("docker");
+        var cli = HostCommand.FindOnPath("docker");
         if (command.Count == 0) command = new[] { "/bin/sh" };
         if (cli is null)
         {
@@ -417,20 +439,20 @@ internal sealed class DockerPodRuntime : IAsyncDisposable
         if (tty) args.Add("--tty");
         if (User is { } u) args.AddRange(new[] { "--user", u });
         args.AddRange(new[] { "--workdir", Defaults.WorkspaceDir });
-        foreach (var (k, v) in _config.StepEnvironment(_image.Env, env)) args.AddRange(new[] { "--env", k + "=" + v });
+        foreach (var (k, v) in _spec.StepEnvironment(_image.Env, env)) args.AddRange(new[] { "--env", k + "=" + v });
         args.Add(ContainerId);
         args.AddRange(command);
-        return PodProcess.RunInteractiveAsync(cli, args, events, cancellationToken);
+        return HostCommand.RunInteractiveAsync(cli, args, events, cancellationToken);
     }
 
-    public async Task<ReleaseData> GetReleaseDataAsync(CancellationToken cancellationToken)
+    /// <summary>The container's os-release, or null when it has none (Pod reports NoOsRelease).</summary>
+    public async Task<ReleaseData?> GetReleaseDataAsync(IEventSink events, CancellationToken cancellationToken)
     {
         var (code, output) = await CaptureAsync(new[] { "/bin/sh", "-c", "cat /etc/os-release 2>/dev/null || cat /usr/lib/os-release 2>/dev/null" }, cancellationToken).ConfigureAwait(false);
-        if (code != 0 || string.IsNullOrWhiteSpace(output))
-            throw new MelangeException(ErrorKind.ObjectNotFound, "NoOsRelease",
-                "The image has no /etc/os-release or /usr/lib/os-release.", "Add an os-release file to the image.", _image.Ref);
-        return ReleaseData.Parse(output);
+        return code != 0 || string.IsNullOrWhiteSpace(output) ? null : ReleaseData.Parse(output);
     }
+
+    public Task StopAsync(IEventSink events, CancellationToken cancellationToken) => TerminateAsync(events, cancellationToken);
 
     /// <summary>Removes the container (and its anonymous volumes); harmless twice.</summary>
     public async Task TerminateAsync(IEventSink events, CancellationToken cancellationToken)

@@ -36,6 +36,13 @@ public sealed class PodTests : IDisposable
         }
     }
 
+    // Images on disk, as the default IImageLoader.IsPresent checks them.
+    private sealed class FakeImageLoader : IImageLoader
+    {
+        public Task<ImageInfo> LoadImageAsync(string path, string? arch, IEventSink events, CancellationToken ct) => throw new NotSupportedException();
+        public Task RemoveImageAsync(ImageInfo image, CancellationToken ct) => throw new NotSupportedException();
+    }
+
     private sealed class FakeRunner : IRunner
     {
         public FakeRuntime? Runtime { get; private set; }
@@ -43,7 +50,7 @@ public sealed class PodTests : IDisposable
         public bool Fail { get; init; }
         public string Name => "fake";
         public RunnerInfo Probe() => new(Name, true, null, null);
-        public IImageLoader ImageLoader => throw new NotSupportedException();
+        public IImageLoader ImageLoader { get; } = new FakeImageLoader();
         public PodPlan Plan(PodSpec spec, ImageInfo image) => throw new NotSupportedException();
 
         public Task<IPodRuntime> StartAsync(PodStartRequest request, IEventSink events, CancellationToken ct)

@@ -25,7 +25,7 @@
 #                   init ran (seconds since the kernel started)
 #   BASELINE_TIMEOUT seconds before a run is called hung (default: 120)
 # The command line is the one below (defaults: q35, -cpu max), -nographic, -no-reboot,
-# console=ttyS0 panic=-1, virtio-rng (MICROVM.md pitfall 1).
+# console=ttyS0 panic=-1, virtio-rng (docs/microvm.md#pitfall-1).
 set -eu
 
 usage() { echo "usage: $0 KERNEL [RUNS]" >&2; exit 2; }

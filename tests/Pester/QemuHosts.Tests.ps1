@@ -109,7 +109,7 @@ Import-Module '$script:ModuleManifest'
 "@
         $pwshArgs = if ([IO.Path]::GetFileName([Environment]::ProcessPath) -eq 'dotnet') { @([Environment]::ProcessPath, (Join-Path $PSHOME 'pwsh.dll')) } else { @([Environment]::ProcessPath) }
         $quoted = ($pwshArgs + '-NoProfile', '-NonInteractive', '-Command', $child | ForEach-Object { "'" + ($_ -replace "'", "'\''") + "'" }) -join ' '
-        # As TOOLING.md shows: opening /dev/kvm then succeeds, and every KVM ioctl fails.
+        # As docs/hosts.md#hide-kvm shows: opening /dev/kvm then succeeds, and every KVM ioctl fails.
         $output = & unshare -m --propagation private sh -c "mount --bind /dev/null /dev/kvm && exec $quoted" 2>&1
         $LASTEXITCODE | Should -Be 0 -Because ($output -join "`n")
         $result = @($output | Where-Object { "$_" -like 'RESULT *' })[-1]

@@ -4,7 +4,7 @@ namespace MelangeRunner.Qemu;
 
 /// <summary>
 /// Every shell command line the host sends to a qemu guest, in one place. The control shell is
-/// busybox, whose applets win over PATH: GNU tar is named by its full path (pitfall 3). Words
+/// busybox, whose applets win over PATH: GNU tar is named by its full path (docs/microvm.md#pitfall-3). Words
 /// that come from users are quoted with <see cref="ShellQuote"/>.
 /// </summary>
 internal static class GuestCommands

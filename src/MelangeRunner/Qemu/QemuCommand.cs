@@ -66,7 +66,7 @@ internal static class QemuCommand
         return string.Join(' ', parts);
     }
 
-    /// <summary>The accelerator: TCG across architectures, KVM when /dev/kvm works, else TCG (given once: pitfall 10).</summary>
+    /// <summary>The accelerator: TCG across architectures, KVM when /dev/kvm works, else TCG (given once: docs/microvm.md#pitfall-10).</summary>
     public static string Accelerator(QemuLaunch l) =>
         l.Arch == l.HostArch && l.KvmUsable ? "kvm" : "tcg,thread=multi";
 
@@ -122,7 +122,7 @@ internal static class QemuCommand
         foreach (var domain in l.Environment.DnsSearch) netdev += ",dnssearch=" + domain;
         args.AddRange(new[] { "-netdev", netdev });
         args.AddRange(new[] { "-device", "virtio-net-pci,netdev=id1,romfile=,host_mtu=1400" });
-        // Without an entropy source, mkfs and the SSH server stall for seconds (pitfall 1).
+        // Without an entropy source, mkfs and the SSH server stall for seconds (docs/microvm.md#pitfall-1).
         args.AddRange(new[] { "-device", "virtio-rng-pci,rng=rng0", "-object", "rng-random,filename=/dev/urandom,id=rng0" });
         args.AddRange(new[] { "-append", KernelCommandLine(l) });
 

@@ -5,7 +5,7 @@ using System.Text;
 namespace MelangeRunner.Ssh;
 
 /// <summary>
-/// Readiness of an SSH server behind qemu's port forward (MICROVM.md pitfall 9): qemu accepts
+/// Readiness of an SSH server behind qemu's port forward (docs/microvm.md#pitfall-9): qemu accepts
 /// the TCP connection before the guest listens, then closes it; ready means an
 /// identification line starting with "SSH-2.0-" was read (melange's checkSSHServer).
 /// </summary>

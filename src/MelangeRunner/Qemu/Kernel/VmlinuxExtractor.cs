@@ -11,7 +11,7 @@ namespace MelangeRunner.Qemu.Kernel;
 
 /// <summary>
 /// Extracts the uncompressed ELF kernel (vmlinux) from an x86 bzImage, once, and caches it
-/// (MICROVM.md pitfall 2: decompressing the XZ vmlinuz costs ~3 s per boot under TCG; the
+/// (docs/microvm.md#pitfall-2: decompressing the XZ vmlinuz costs ~3 s per boot under TCG; the
 /// ELF boots directly through its PVH entry note).
 /// </summary>
 /// <remarks>

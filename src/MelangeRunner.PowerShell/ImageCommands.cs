@@ -55,7 +55,7 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
         }
     }
 
-    ImageImportOptions _options = ImageImportOptions.Default;
+    private ImageImportOptions _options = ImageImportOptions.Default;
 
     /// <summary>
     /// The host paths to import: -LiteralPath as written; -Path with wildcards expanded (a pattern
@@ -94,7 +94,7 @@ public sealed class ImportMelangeImageCommand : MelangeCmdlet
     }
 
     /// <summary>A PowerShell number arrives as its digits (bytes); anything else is a melange size string.</summary>
-    static long ParseSize(string value) =>
+    private static long ParseSize(string value) =>
         long.TryParse(value.Trim(), System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out long bytes)
             ? bytes : SizeParser.ParseToBytes(value, "maximum image size");
 

@@ -161,9 +161,9 @@ internal static class DockerEngine
     }
 
     /// <summary>This process as an owner label value: host name, pid and the kernel's start time of the pid.</summary>
-    internal static string OwnerValue => s_owner.Value;
+    internal static string OwnerValue => Owner.Value;
 
-    private static readonly Lazy<string> s_owner = new(() =>
+    private static readonly Lazy<string> Owner = new(() =>
         $"{System.Environment.MachineName}:{System.Environment.ProcessId}:{HostProcess.Reaper.StartTime(System.Environment.ProcessId) ?? "0"}");
 
     /// <summary>Whether an owner label names a process of this host that no longer runs (its pid gone or reused).</summary>

@@ -1,8 +1,8 @@
-using MelangeRunner.IO;
 using System.Security.Cryptography;
 using Docker.DotNet;
 using Docker.DotNet.Models;
 using MelangeRunner.Images;
+using MelangeRunner.IO;
 
 namespace MelangeRunner.Docker;
 

@@ -1,9 +1,9 @@
-using MelangeRunner.IO;
-using MelangeRunner.HostProcess;
 using System.Formats.Tar;
 using System.Text;
 using Docker.DotNet;
 using Docker.DotNet.Models;
+using MelangeRunner.HostProcess;
+using MelangeRunner.IO;
 
 namespace MelangeRunner.Docker;
 

@@ -1,5 +1,5 @@
-using MelangeRunner.IO;
 using System.Text.RegularExpressions;
+using MelangeRunner.IO;
 using MelangeRunner.Tar;
 
 namespace MelangeRunner;

@@ -12,7 +12,7 @@ internal static class HostTerminal
     /// <summary>util-linux's script, which allocates the PTY, relays input, output and resizes, and restores the terminal.</summary>
     internal const string PtyHelper = "script";
 
-    private static int s_warnedNoHelper;
+    private static int _warnedNoHelper;
 
     /// <summary>True when this process's standard input is a terminal (not redirected, as in CI).</summary>
     internal static bool StdinIsTerminal => Native.Libc.IsTerminal(0);
@@ -40,7 +40,7 @@ internal static class HostTerminal
     {
         if (!StdinIsTerminal) return null;
         if (HostCommand.FindOnPath(PtyHelper) is { } helper) return helper;
-        if (Interlocked.Exchange(ref s_warnedNoHelper, 1) == 0)
+        if (Interlocked.Exchange(ref _warnedNoHelper, 1) == 0)
             events.Warning($"'{PtyHelper}' (util-linux) is not on PATH: the session shares this terminal without a pseudo-terminal of its own " +
                            "(no TERM, and the sandbox can change this terminal's modes). Install it: sudo apt-get install bsdutils (Debian/Ubuntu), util-linux elsewhere.");
         return null;

@@ -21,11 +21,11 @@ namespace MelangeRunner.HostProcess;
 internal static class SignalReset
 {
     internal const string Option = "--default-signal";
-    private static readonly Lazy<string?> s_launcher = new(FindLauncher);
-    private static int s_warned;
+    private static readonly Lazy<string?> FoundLauncher = new(FindLauncher);
+    private static int _warned;
 
     /// <summary>The env program that supports --default-signal here, or null.</summary>
-    internal static string? Launcher => s_launcher.Value;
+    internal static string? Launcher => FoundLauncher.Value;
 
     private static string? FindLauncher()
     {
@@ -57,7 +57,7 @@ internal static class SignalReset
         // env takes a leading NAME=VALUE word as an assignment, not as the program.
         if (launcher is null || fileName.Contains('='))
         {
-            if (launcher is null && Interlocked.Exchange(ref s_warned, 1) == 0)
+            if (launcher is null && Interlocked.Exchange(ref _warned, 1) == 0)
                 events.Warning($"This host's env does not support {Option} (coreutils 8.31 or later): commands in pods start with " +
                                "the signal dispositions .NET gives its children (SIGPIPE ignored), so a pipeline such as " +
                                "'yes | head -n 1' may not end. Install coreutils 8.31 or later.");

@@ -6,7 +6,7 @@ namespace MelangeRunner.Images;
 public static class Architecture
 {
     // apko name → (OCI architecture, OCI variant or null)
-    static readonly (string Apko, string Oci, string? Variant)[] s_table =
+    private static readonly (string Apko, string Oci, string? Variant)[] Table =
     {
         ("x86_64", "amd64", null),
         ("aarch64", "arm64", null),
@@ -43,17 +43,17 @@ public static class Architecture
         if (a.StartsWith("linux/", StringComparison.Ordinal)) a = a["linux/".Length..];
         if (a is "arm64/v8") a = "arm64";
         if (a is "i386" or "i686") a = "386";
-        foreach (var (apko, oci, variant) in s_table)
+        foreach (var (apko, oci, variant) in Table)
             if (a == apko || a == (variant == null ? oci : oci + "/" + variant)) return apko;
         if (a == "arm") return "armv7";
         throw new MelangeException(ErrorKind.InvalidArgument, "UnknownArchitecture", $"'{arch}' is not a known architecture.",
-            "Use one of: " + string.Join(", ", s_table.Select(t => t.Apko)) + " (or the OCI names: " + string.Join(", ", s_table.Select(t => OciName(t.Apko))) + ").", arch);
+            "Use one of: " + string.Join(", ", Table.Select(t => t.Apko)) + " (or the OCI names: " + string.Join(", ", Table.Select(t => OciName(t.Apko))) + ").", arch);
     }
 
     /// <summary>The OCI platform string (amd64, arm/v7) of an apko architecture name.</summary>
     public static string OciName(string apko)
     {
-        foreach (var (a, oci, variant) in s_table)
+        foreach (var (a, oci, variant) in Table)
             if (a == apko) return variant == null ? oci : oci + "/" + variant;
         return apko;
     }
@@ -62,7 +62,7 @@ public static class Architecture
     internal static bool Matches(string apko, string? ociArch, string? ociVariant)
     {
         if (ociArch == null) return false;
-        foreach (var (a, oci, variant) in s_table)
+        foreach (var (a, oci, variant) in Table)
         {
             if (a != apko || oci != ociArch) continue;
             if (variant == null) return true; // arm64 with or without "v8"
@@ -74,7 +74,7 @@ public static class Architecture
     /// <summary>An apko-style name for an OCI platform, for messages and results.</summary>
     internal static string FromOci(string ociArch, string? ociVariant)
     {
-        foreach (var (a, oci, variant) in s_table)
+        foreach (var (a, oci, variant) in Table)
             if (oci == ociArch && (variant == null || variant == ociVariant || (ociVariant == null && variant == "v7"))) return a;
         return ociVariant == null ? ociArch : ociArch + "/" + ociVariant;
     }

@@ -14,7 +14,8 @@ internal static class Flattener
 {
     // For a path: the highest layer that has an entry (or a whiteout) at it, and the highest
     // layer that hides everything below it (whiteout, opaque marker, or a non-directory entry).
-    struct Mask { public int Self; public int Children; }
+    private struct Mask
+    { public int Self; public int Children; }
 
     public static void Run(IReadOnlyList<LayerRef> layers, Stream output, Func<ExpansionBudget> newBudget, IEventSink events, CancellationToken ct)
     {
@@ -50,7 +51,7 @@ internal static class Flattener
     /// extractor), so that a refused name masks nothing: a whiteout ".wh..." never names the
     /// parent directory.
     /// </summary>
-    static void ScanLayer(Stream tar, int layer, Dictionary<string, Mask> masks, CancellationToken ct)
+    private static void ScanLayer(Stream tar, int layer, Dictionary<string, Mask> masks, CancellationToken ct)
     {
         var recorder = new RecordingStream(tar);
         using var reader = new TarReader(recorder, leaveOpen: true);
@@ -71,7 +72,7 @@ internal static class Flattener
         }
     }
 
-    static void Raise(Dictionary<string, Mask> masks, string rel, int layer, bool self, bool children)
+    private static void Raise(Dictionary<string, Mask> masks, string rel, int layer, bool self, bool children)
     {
         masks.TryGetValue(rel, out var m);
         if (self) m.Self = Math.Max(m.Self, layer);
@@ -80,7 +81,7 @@ internal static class Flattener
     }
 
     /// <summary>Whether a higher layer than <paramref name="layer"/> replaces or deletes the path.</summary>
-    static bool Hidden(Dictionary<string, Mask> masks, string rel, int layer)
+    private static bool Hidden(Dictionary<string, Mask> masks, string rel, int layer)
     {
         if (masks.Count == 0) return false;
         if (masks.TryGetValue(rel, out var m) && m.Self > layer) return true;
@@ -92,14 +93,14 @@ internal static class Flattener
         return false;
     }
 
-    sealed class EmitState
+    private sealed class EmitState
     {
         // What the flattened output holds so far, to refuse paths through symlinks and dangling hard links.
         public readonly HashSet<string> Symlinks = new(StringComparer.Ordinal);
         public readonly HashSet<string> LinkTargets = new(StringComparer.Ordinal);
     }
 
-    static bool ThroughSymlink(EmitState s, string rel, out string via)
+    private static bool ThroughSymlink(EmitState s, string rel, out string via)
     {
         via = "";
         if (s.Symlinks.Count == 0) return false;
@@ -108,7 +109,7 @@ internal static class Flattener
         return false;
     }
 
-    static void EmitLayer(Stream tar, int layer, Dictionary<string, Mask> masks, PaxWriter writer, EmitState state, IEventSink events, CancellationToken ct)
+    private static void EmitLayer(Stream tar, int layer, Dictionary<string, Mask> masks, PaxWriter writer, EmitState state, IEventSink events, CancellationToken ct)
     {
         var recorder = new RecordingStream(tar);
         using var reader = new TarReader(recorder, leaveOpen: true);

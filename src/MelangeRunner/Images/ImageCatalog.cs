@@ -148,8 +148,12 @@ public static class ImageCatalog
         importedAt = metadata.ImportedAt;
         image = new ImageInfo
         {
-            Runner = layout.Runner, Ref = reference, Arch = metadata.Arch!, Source = metadata.Source ?? "",
-            SourceKind = metadata.SourceKind, Env = metadata.Env ?? Array.Empty<string>(),
+            Runner = layout.Runner,
+            Ref = reference,
+            Arch = metadata.Arch!,
+            Source = metadata.Source ?? "",
+            SourceKind = metadata.SourceKind,
+            Env = metadata.Env ?? Array.Empty<string>(),
         };
         why = "";
         return true;

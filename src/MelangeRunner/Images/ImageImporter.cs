@@ -33,7 +33,7 @@ public sealed class ImageImportOptions
 
     public static ImageImportOptions Default { get; } = new();
 
-    static readonly AsyncLocal<ImageImportOptions?> s_current = new();
+    private static readonly AsyncLocal<ImageImportOptions?> CurrentOptions = new();
 
     /// <summary>
     /// The options for imports started from the current async flow. IImageLoader.LoadImageAsync
@@ -41,8 +41,8 @@ public sealed class ImageImportOptions
     /// </summary>
     public static ImageImportOptions Current
     {
-        get => s_current.Value ?? Default;
-        set => s_current.Value = value;
+        get => CurrentOptions.Value ?? Default;
+        set => CurrentOptions.Value = value;
     }
 
     public void Validate()
@@ -56,15 +56,15 @@ public sealed class ImageImportOptions
 /// <summary>Counts the bytes an import expands to, across the streams it wraps; passing the bound is ImageTooLarge.</summary>
 internal sealed class ExpansionBudget
 {
-    readonly long _max;
-    readonly string _what;
-    long _used;
+    private readonly long _max;
+    private readonly string _what;
+    private long _used;
 
     public ExpansionBudget(long max, string what) { _max = max; _what = what; }
 
     public Stream Wrap(Stream inner) => new Counted(inner, this);
 
-    void Add(int n)
+    private void Add(int n)
     {
         _used += n;
         if (_used > _max)
@@ -73,12 +73,12 @@ internal sealed class ExpansionBudget
                 "If the image is trusted and really that large, import it with a larger -MaximumSize (for example -MaximumSize 100GB).", _max);
     }
 
-    static string Format(long bytes) => bytes % (1L << 30) == 0 ? $"{bytes >> 30} GiB" : bytes % (1L << 20) == 0 ? $"{bytes >> 20} MiB" : $"{bytes} bytes";
+    private static string Format(long bytes) => bytes % (1L << 30) == 0 ? $"{bytes >> 30} GiB" : bytes % (1L << 20) == 0 ? $"{bytes >> 20} MiB" : $"{bytes} bytes";
 
-    sealed class Counted : ReadOnlyWrapper
+    private sealed class Counted : ReadOnlyWrapper
     {
-        readonly Stream _inner;
-        readonly ExpansionBudget _budget;
+        private readonly Stream _inner;
+        private readonly ExpansionBudget _budget;
         public Counted(Stream inner, ExpansionBudget budget) { _inner = inner; _budget = budget; }
         protected override int ReadCore(Span<byte> buffer)
         {
@@ -93,7 +93,7 @@ internal sealed class ExpansionBudget
 /// <summary>Turns an image on disk (detected by content) into a rootfs directory or one flattened rootfs tar.</summary>
 internal static class ImageImporter
 {
-    const string Activity = "Importing image";
+    private const string Activity = "Importing image";
 
     /// <summary>
     /// Unpacks the image at <paramref name="path"/> into the existing (empty) directory
@@ -172,7 +172,7 @@ internal static class ImageImporter
         }, ct);
     }
 
-    static void TryDelete(string file)
+    private static void TryDelete(string file)
     {
         try { File.Delete(file); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
@@ -213,13 +213,13 @@ internal static class ImageImporter
 /// <summary>Reports bytes read of the (compressed) layers, throttled by <see cref="CountingStream"/>.</summary>
 internal sealed class ProgressTracker
 {
-    readonly IEventSink _events;
-    readonly long _total;
-    readonly int _count;
-    readonly string _verb;
-    long _before;
-    long _current;
-    int _index;
+    private readonly IEventSink _events;
+    private readonly long _total;
+    private readonly int _count;
+    private readonly string _verb;
+    private long _before;
+    private long _current;
+    private int _index;
 
     public ProgressTracker(IEventSink events, IReadOnlyList<LayerRef> layers, string verb)
     {
@@ -249,8 +249,8 @@ internal sealed class ProgressTracker
 /// <summary>A temporary directory made only when asked for, removed on dispose.</summary>
 internal sealed class TempDir : IDisposable
 {
-    readonly string? _near;
-    string? _path;
+    private readonly string? _near;
+    private string? _path;
 
     public TempDir(string? near) => _near = near;
 
@@ -267,7 +267,8 @@ internal sealed class TempDir : IDisposable
                 _path = p;
                 return p;
             }
-            catch (IOException) { } catch (UnauthorizedAccessException) { }
+            catch (IOException) { }
+            catch (UnauthorizedAccessException) { }
         }
         _path = Directory.CreateTempSubdirectory("melange-import-").FullName;
         return _path;

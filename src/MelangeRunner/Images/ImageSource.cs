@@ -29,8 +29,8 @@ internal sealed class ImageSource : IDisposable
         foreach (var d in Owned) d.Dispose();
     }
 
-    static readonly JsonDocumentOptions s_json = new() { AllowTrailingCommas = true, MaxDepth = 64 };
-    const long MaxJsonSize = 16 << 20;
+    private static readonly JsonDocumentOptions JsonOptions = new() { AllowTrailingCommas = true, MaxDepth = 64 };
+    private const long MaxJsonSize = 16 << 20;
 
     /// <summary>
     /// Looks at what <paramref name="path"/> is (by content) and finds the layers for <paramref name="arch"/>.
@@ -79,14 +79,14 @@ internal sealed class ImageSource : IDisposable
     internal static FileStream OpenFile(string path) =>
         new(path, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.SequentialScan);
 
-    static ImageSource SingleLayer(string path, string kind, string arch) => new()
+    private static ImageSource SingleLayer(string path, string kind, string arch) => new()
     {
         Kind = kind,
         Arch = arch,
         Layers = new[] { new LayerRef(Path.GetFileName(path), new FileInfo(path).Length, null, () => OpenFile(path)) },
     };
 
-    static string? PeekFirstName(Stream s)
+    private static string? PeekFirstName(Stream s)
     {
         try
         {
@@ -101,7 +101,7 @@ internal sealed class ImageSource : IDisposable
         }
     }
 
-    static bool LooksLikeArchiveMember(string name)
+    private static bool LooksLikeArchiveMember(string name)
     {
         name = name.StartsWith("./", StringComparison.Ordinal) ? name[2..] : name;
         if (name is "oci-layout" or "index.json" or "manifest.json" or "repositories" or "blobs" or "blobs/" || name.StartsWith("blobs/sha256", StringComparison.Ordinal)) return true;
@@ -110,7 +110,7 @@ internal sealed class ImageSource : IDisposable
     }
 
     /// <summary>Reads an uncompressed tar's headers (seeking past data); an OCI or docker archive, or null for a plain layer.</summary>
-    static ImageSource? FromTarFile(string tarPath, string wanted, CancellationToken ct, string displayPath)
+    private static ImageSource? FromTarFile(string tarPath, string wanted, CancellationToken ct, string displayPath)
     {
         var fs = new FileStream(tarPath, FileMode.Open, FileAccess.Read, FileShare.Read, 4096, FileOptions.RandomAccess);
         try
@@ -160,12 +160,12 @@ internal sealed class ImageSource : IDisposable
 
     // ---- OCI ----------------------------------------------------------------------------
 
-    const string OciIndex = "application/vnd.oci.image.index.v1+json";
-    const string DockerList = "application/vnd.docker.distribution.manifest.list.v2+json";
+    private const string OciIndex = "application/vnd.oci.image.index.v1+json";
+    private const string DockerList = "application/vnd.docker.distribution.manifest.list.v2+json";
 
-    sealed record Candidate(JsonElement Descriptor, string? Arch, string? Variant, string? Os);
+    private sealed record Candidate(JsonElement Descriptor, string? Arch, string? Variant, string? Os);
 
-    static ImageSource FromOci(IBlobStore store, string kind, string wanted, IEventSink events)
+    private static ImageSource FromOci(IBlobStore store, string kind, string wanted, IEventSink events)
     {
         using var index = store.ReadJson("index.json");
         var candidates = new List<Candidate>();
@@ -238,7 +238,7 @@ internal sealed class ImageSource : IDisposable
         }
     }
 
-    static void CollectManifests(IBlobStore store, JsonElement index, List<Candidate> into, List<JsonDocument> keep, int depth)
+    private static void CollectManifests(IBlobStore store, JsonElement index, List<Candidate> into, List<JsonDocument> keep, int depth)
     {
         if (depth > 4 || !index.TryGetProperty("manifests", out var manifests) || manifests.ValueKind != JsonValueKind.Array) return;
         foreach (var d in manifests.EnumerateArray())
@@ -261,7 +261,7 @@ internal sealed class ImageSource : IDisposable
     }
 
     /// <summary>config.Env of an image config (OCI and docker alike): its "K=V" strings, others skipped.</summary>
-    static IReadOnlyList<string> EnvOf(JsonElement config)
+    private static IReadOnlyList<string> EnvOf(JsonElement config)
     {
         if (!config.TryGetProperty("config", out var c) || c.ValueKind != JsonValueKind.Object ||
             !c.TryGetProperty("Env", out var env) || env.ValueKind != JsonValueKind.Array) return Array.Empty<string>();
@@ -270,18 +270,18 @@ internal sealed class ImageSource : IDisposable
     }
 
     /// <summary>config.WorkingDir / config.User of an image config: a non-empty string without NUL or newline, else null.</summary>
-    static string? ConfigString(JsonElement config, string name) =>
+    private static string? ConfigString(JsonElement config, string name) =>
         config.TryGetProperty("config", out var c) && Str(c, name) is { Length: > 0 } v && v.IndexOfAny(new[] { '\0', '\n', '\r' }) < 0 ? v : null;
 
-    static string? Str(JsonElement e, string name) =>
+    private static string? Str(JsonElement e, string name) =>
         e.ValueKind == JsonValueKind.Object && e.TryGetProperty(name, out var v) && v.ValueKind == JsonValueKind.String ? v.GetString() : null;
 
-    static string DigestOf(JsonElement descriptor) =>
+    private static string DigestOf(JsonElement descriptor) =>
         Str(descriptor, "digest") ?? throw new MelangeException(ErrorKind.InvalidData, "CorruptImage", "An image descriptor has no digest.", "Re-create the image.");
 
     // ---- docker save ----------------------------------------------------------------------
 
-    static ImageSource FromDocker(ArchiveBlobStore store, string wanted, string displayPath)
+    private static ImageSource FromDocker(ArchiveBlobStore store, string wanted, string displayPath)
     {
         using var doc = store.ReadJson("manifest.json");
         if (doc.RootElement.ValueKind != JsonValueKind.Array || doc.RootElement.GetArrayLength() == 0)
@@ -348,22 +348,22 @@ internal sealed class ImageSource : IDisposable
         return "blobs/" + alg + "/" + hex;
     }
 
-    static JsonDocument ParseJson(Stream s, string what, string display)
+    private static JsonDocument ParseJson(Stream s, string what, string display)
     {
-        try { return JsonDocument.Parse(s, s_json); }
+        try { return JsonDocument.Parse(s, JsonOptions); }
         catch (JsonException e)
         {
             throw new MelangeException(ErrorKind.InvalidData, "CorruptImage", $"{what} in '{display}' is not valid JSON: {e.Message}", "Re-create the image.", display, e);
         }
     }
 
-    sealed class DirBlobStore : IBlobStore
+    private sealed class DirBlobStore : IBlobStore
     {
-        readonly string _dir;
+        private readonly string _dir;
         public DirBlobStore(string dir) { _dir = dir; DisplayPath = dir; }
         public string DisplayPath { get; }
 
-        string PathOf(string digestOrName)
+        private string PathOf(string digestOrName)
         {
             string rel = digestOrName.Contains(':') ? BlobPath(digestOrName, DisplayPath) : digestOrName;
             string p = Path.Combine(_dir, rel);
@@ -386,10 +386,10 @@ internal sealed class ImageSource : IDisposable
 
     internal sealed record ArchiveMember(long PositionAfterHeader, long Length, TarEntryType Type, string LinkName);
 
-    sealed class ArchiveBlobStore : IBlobStore
+    private sealed class ArchiveBlobStore : IBlobStore
     {
-        readonly FileStream _fs;
-        readonly Dictionary<string, ArchiveMember> _members;
+        private readonly FileStream _fs;
+        private readonly Dictionary<string, ArchiveMember> _members;
         public ArchiveBlobStore(FileStream fs, Dictionary<string, ArchiveMember> members, string display) { _fs = fs; _members = members; DisplayPath = display; }
         public string DisplayPath { get; }
 
@@ -417,7 +417,7 @@ internal sealed class ImageSource : IDisposable
         /// after the data and its padding (current .NET) or at the data; each candidate is
         /// checked against the size field of the header block just before it.
         /// </summary>
-        long DataStart(ArchiveMember m)
+        private long DataStart(ArchiveMember m)
         {
             long padded = (m.Length + 511) / 512 * 512;
             Span<byte> h = stackalloc byte[512];
@@ -448,10 +448,10 @@ internal sealed class ImageSource : IDisposable
 /// <summary>Hashes what is read through it, to check a layer blob against its digest.</summary>
 internal sealed class DigestCheckingStream : Tar.ReadOnlyWrapper
 {
-    readonly Stream _inner;
-    readonly IncrementalHash? _hash;
-    readonly string? _digest;
-    readonly string _what;
+    private readonly Stream _inner;
+    private readonly IncrementalHash? _hash;
+    private readonly string? _digest;
+    private readonly string _what;
 
     public DigestCheckingStream(Stream inner, string? digest, string what)
     {

@@ -6,7 +6,7 @@ namespace MelangeRunner.Native;
 internal static class Ids
 {
     [DllImport("libc", EntryPoint = "geteuid")]
-    static extern uint geteuid_();
+    private static extern uint geteuid_();
 
     public static uint EffectiveUid => geteuid_();
 }

@@ -25,11 +25,11 @@ public static unsafe class Libc
     public const int AT_FDCWD = -100;
     public const int AT_SYMLINK_NOFOLLOW = 0x100;
     public const int ENOENT = 2, EPERM = 1, EEXIST = 17, ENOTDIR = 20, EISDIR = 21, ENODATA = 61, ERANGE = 34, ENOTSUP = 95, ENOTEMPTY = 39, EACCES = 13, ENAMETOOLONG = 36;
-    const uint STATX_BASIC_STATS = 0x7FF;
+    private const uint STATX_BASIC_STATS = 0x7FF;
 
     // struct statx is 256 bytes; the offsets below are fixed by the kernel ABI on all architectures.
     [StructLayout(LayoutKind.Explicit, Size = 256)]
-    struct StatxBuf
+    private struct StatxBuf
     {
         [FieldOffset(16)] public uint Nlink;
         [FieldOffset(20)] public uint Uid;
@@ -46,64 +46,64 @@ public static unsafe class Libc
     }
 
     [StructLayout(LayoutKind.Sequential)]
-    struct Timespec { public long Sec; public long Nsec; } // 64-bit Linux: time_t and long are both 8 bytes
+    private struct Timespec { public long Sec; public long Nsec; } // 64-bit Linux: time_t and long are both 8 bytes
 
     [DllImport("libc", EntryPoint = "statx", SetLastError = true)]
-    static extern int statx_(int dirfd, string path, int flags, uint mask, StatxBuf* buf);
+    private static extern int statx_(int dirfd, string path, int flags, uint mask, StatxBuf* buf);
     [DllImport("libc", EntryPoint = "lchown", SetLastError = true)]
-    static extern int lchown_(string path, uint owner, uint group);
+    private static extern int lchown_(string path, uint owner, uint group);
     [DllImport("libc", EntryPoint = "chmod", SetLastError = true)]
-    static extern int chmod_(string path, uint mode);
+    private static extern int chmod_(string path, uint mode);
     [DllImport("libc", EntryPoint = "lsetxattr", SetLastError = true)]
-    static extern int lsetxattr_(string path, string name, byte* value, nuint size, int flags);
+    private static extern int lsetxattr_(string path, string name, byte* value, nuint size, int flags);
     [DllImport("libc", EntryPoint = "llistxattr", SetLastError = true)]
-    static extern nint llistxattr_(string path, byte* list, nuint size);
+    private static extern nint llistxattr_(string path, byte* list, nuint size);
     [DllImport("libc", EntryPoint = "lgetxattr", SetLastError = true)]
-    static extern nint lgetxattr_(string path, string name, byte* value, nuint size);
+    private static extern nint lgetxattr_(string path, string name, byte* value, nuint size);
     [DllImport("libc", EntryPoint = "mknod", SetLastError = true)]
-    static extern int mknod_(string path, uint mode, ulong dev);
+    private static extern int mknod_(string path, uint mode, ulong dev);
     [DllImport("libc", EntryPoint = "mkfifo", SetLastError = true)]
-    static extern int mkfifo_(string path, uint mode);
+    private static extern int mkfifo_(string path, uint mode);
     [DllImport("libc", EntryPoint = "utimensat", SetLastError = true)]
-    static extern int utimensat_(int dirfd, string path, Timespec* times, int flags);
+    private static extern int utimensat_(int dirfd, string path, Timespec* times, int flags);
     [DllImport("libc", EntryPoint = "link", SetLastError = true)]
-    static extern int link_(string oldpath, string newpath);
+    private static extern int link_(string oldpath, string newpath);
     [DllImport("libc", EntryPoint = "symlink", SetLastError = true)]
-    static extern int symlink_(string target, string linkpath);
+    private static extern int symlink_(string target, string linkpath);
     [DllImport("libc", EntryPoint = "unlink", SetLastError = true)]
-    static extern int unlink_(string path);
+    private static extern int unlink_(string path);
     [DllImport("libc", EntryPoint = "mkdir", SetLastError = true)]
-    static extern int mkdir_(string path, uint mode);
+    private static extern int mkdir_(string path, uint mode);
     [DllImport("libc", EntryPoint = "readlink", SetLastError = true)]
-    static extern nint readlink_(string path, byte* buf, nuint size);
+    private static extern nint readlink_(string path, byte* buf, nuint size);
     [DllImport("libc", EntryPoint = "open", SetLastError = true)]
-    static extern int open_(string path, int flags, uint mode);
+    private static extern int open_(string path, int flags, uint mode);
     [DllImport("libc", EntryPoint = "write", SetLastError = true)]
-    static extern nint write_(int fd, byte* buf, nuint count);
+    private static extern nint write_(int fd, byte* buf, nuint count);
     [DllImport("libc", EntryPoint = "kill", SetLastError = true)]
-    static extern int kill_(int pid, int signal);
+    private static extern int kill_(int pid, int signal);
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
-    static extern int close_(int fd);
+    private static extern int close_(int fd);
     [DllImport("libc", EntryPoint = "fchown", SetLastError = true)]
-    static extern int fchown_(int fd, uint owner, uint group);
+    private static extern int fchown_(int fd, uint owner, uint group);
     [DllImport("libc", EntryPoint = "fchmod", SetLastError = true)]
-    static extern int fchmod_(int fd, uint mode);
+    private static extern int fchmod_(int fd, uint mode);
     [DllImport("libc", EntryPoint = "futimens", SetLastError = true)]
-    static extern int futimens_(int fd, Timespec* times);
+    private static extern int futimens_(int fd, Timespec* times);
     [DllImport("libc", EntryPoint = "rmdir", SetLastError = true)]
-    static extern int rmdir_(string path);
+    private static extern int rmdir_(string path);
     [DllImport("libc", EntryPoint = "rename", SetLastError = true)]
-    static extern int rename_(string oldpath, string newpath);
+    private static extern int rename_(string oldpath, string newpath);
     [DllImport("libc", EntryPoint = "lseek", SetLastError = true)]
-    static extern long lseek_(int fd, long offset, int whence);
+    private static extern long lseek_(int fd, long offset, int whence);
     [DllImport("libc", EntryPoint = "ftruncate", SetLastError = true)]
-    static extern int ftruncate_(int fd, long length);
+    private static extern int ftruncate_(int fd, long length);
     [DllImport("libc", EntryPoint = "geteuid")]
-    static extern uint geteuid_();
+    private static extern uint geteuid_();
     [DllImport("libc", EntryPoint = "umask")]
-    static extern uint umask_(uint mask);
+    private static extern uint umask_(uint mask);
 
-    static int Errno => Marshal.GetLastPInvokeError();
+    private static int Errno => Marshal.GetLastPInvokeError();
 
     public static bool IsRoot { get; } = geteuid_() == 0;
 
@@ -128,9 +128,9 @@ public static unsafe class Libc
         return ToStatus(b);
     }
 
-    const int AT_EMPTY_PATH = 0x1000;
+    private const int AT_EMPTY_PATH = 0x1000;
 
-    static FileStatus ToStatus(in StatxBuf b) =>
+    private static FileStatus ToStatus(in StatxBuf b) =>
         new(((ulong)b.DevMajor << 32) | b.DevMinor, b.Ino, b.Mode, b.Uid, b.Gid, b.Nlink, (long)b.Size, b.MtimeSec, b.MtimeNsec, b.RdevMajor, b.RdevMinor);
 
     /// <summary>Returns 0 or the errno.</summary>
@@ -148,7 +148,7 @@ public static unsafe class Libc
     public static int Mkdir(string path, uint mode) => mkdir_(path, mode & 0xFFF) == 0 ? 0 : Errno;
     public static uint Umask(uint mask) => umask_(mask);
 
-    const int O_WRONLY = 1, O_CREAT = 0x40, O_EXCL = 0x80, O_CLOEXEC = 0x80000; // the same on x86_64 and aarch64
+    private const int O_WRONLY = 1, O_CREAT = 0x40, O_EXCL = 0x80, O_CLOEXEC = 0x80000; // the same on x86_64 and aarch64
 
     /// <summary>O_NOFOLLOW differs: 0400000 in asm-generic (x86_64), 0100000 on arm64.</summary>
     internal static readonly int O_NOFOLLOW = RuntimeInformation.ProcessArchitecture is Architecture.Arm64 ? 0x8000 : 0x20000;
@@ -188,13 +188,13 @@ public static unsafe class Libc
     public static int Ioctl(int fd, nuint request, nint argument) => ioctl_(fd, request, argument);
 
     [DllImport("libc", EntryPoint = "ioctl", SetLastError = true)]
-    static extern int ioctl_(int fd, nuint request, nint argument);
+    private static extern int ioctl_(int fd, nuint request, nint argument);
 
     /// <summary>isatty(3): whether the descriptor is a terminal.</summary>
     public static bool IsTerminal(int fd) => isatty_(fd) == 1;
 
     [DllImport("libc", EntryPoint = "isatty", SetLastError = true)]
-    static extern int isatty_(int fd);
+    private static extern int isatty_(int fd);
 
     public const int SIGTERM = 15;
 

@@ -51,28 +51,28 @@ internal static unsafe class RootedPath
     /// <summary>Directories the walk holds open at once (the path depth); deeper paths are NotFound.</summary>
     public const int MaxDepth = 512;
 
-    const int O_RDONLY = 0, O_NOCTTY = 0x100, O_CLOEXEC = 0x80000, O_PATH = 0x200000;
-    static readonly int O_NOFOLLOW = Libc.O_NOFOLLOW;
-    const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
-    const long SYS_openat2 = 437; // the same number on x86_64 and aarch64 (new syscalls share one table)
-    const int EPERM = 1, ENOENT = 2, EINTR = 4, EAGAIN = 11, EACCES = 13, ENOTDIR = 20, EINVAL = 22, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, E2BIG = 7;
+    private const int O_RDONLY = 0, O_NOCTTY = 0x100, O_CLOEXEC = 0x80000, O_PATH = 0x200000;
+    private static readonly int O_NOFOLLOW = Libc.O_NOFOLLOW;
+    private const ulong RESOLVE_NO_MAGICLINKS = 0x02, RESOLVE_IN_ROOT = 0x10;
+    private const long SYS_openat2 = 437; // the same number on x86_64 and aarch64 (new syscalls share one table)
+    private const int EPERM = 1, ENOENT = 2, EINTR = 4, EAGAIN = 11, EACCES = 13, ENOTDIR = 20, EINVAL = 22, ENAMETOOLONG = 36, ENOSYS = 38, ELOOP = 40, E2BIG = 7;
 
     [StructLayout(LayoutKind.Sequential)]
-    struct OpenHow { public ulong Flags; public ulong Mode; public ulong Resolve; }
+    private struct OpenHow { public ulong Flags; public ulong Mode; public ulong Resolve; }
 
     [DllImport("libc", EntryPoint = "syscall", SetLastError = true)]
-    static extern long syscall_openat2(long number, int dirfd, byte* path, OpenHow* how, nuint size);
+    private static extern long syscall_openat2(long number, int dirfd, byte* path, OpenHow* how, nuint size);
     [DllImport("libc", EntryPoint = "openat", SetLastError = true)]
-    static extern int openat_(int dirfd, byte* path, int flags, uint mode);
+    private static extern int openat_(int dirfd, byte* path, int flags, uint mode);
     [DllImport("libc", EntryPoint = "readlinkat", SetLastError = true)]
-    static extern nint readlinkat_(int dirfd, byte* path, byte* buf, nuint size);
+    private static extern nint readlinkat_(int dirfd, byte* path, byte* buf, nuint size);
     [DllImport("libc", EntryPoint = "close", SetLastError = true)]
-    static extern int close_(int fd);
+    private static extern int close_(int fd);
 
-    static int Errno => Marshal.GetLastPInvokeError();
+    private static int Errno => Marshal.GetLastPInvokeError();
 
     // Set once openat2 is found missing (ENOSYS) or filtered (a seccomp profile's EPERM).
-    static volatile bool s_noOpenat2;
+    private static volatile bool s_noOpenat2;
 
     /// <summary>Whether this kernel answered openat2 (false after the first ENOSYS/EPERM).</summary>
     public static bool Openat2Available => !s_noOpenat2;
@@ -122,7 +122,7 @@ internal static unsafe class RootedPath
     }
 
     /// <summary>False when openat2 cannot be used here (then the caller walks).</summary>
-    static bool TryOpenat2(int rootFd, string path, out RootedOpenResult result, out int fd)
+    private static bool TryOpenat2(int rootFd, string path, out RootedOpenResult result, out int fd)
     {
         var how = new OpenHow { Flags = (ulong)(O_PATH | O_CLOEXEC), Resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS };
         var bytes = CString(path.Length == 0 ? "." : path);
@@ -154,7 +154,7 @@ internal static unsafe class RootedPath
     /// and more than <see cref="MaxSymlinks"/> links is a loop. Names stay bytes: a link target
     /// need not be UTF-8.
     /// </summary>
-    static RootedOpenResult WalkOpen(int rootFd, string path, out int fileFd)
+    private static RootedOpenResult WalkOpen(int rootFd, string path, out int fileFd)
     {
         fileFd = -1;
         var dirs = new List<int> { rootFd }; // dirs[0] is the caller's; the rest are ours to close
@@ -211,7 +211,7 @@ internal static unsafe class RootedPath
     }
 
     /// <summary>Pushes the non-empty components so that the first one is popped first.</summary>
-    static void Push(Stack<byte[]> todo, byte[] path)
+    private static void Push(Stack<byte[]> todo, byte[] path)
     {
         int end = path.Length;
         for (int i = path.Length - 1; i >= -1; i--)
@@ -222,7 +222,7 @@ internal static unsafe class RootedPath
         }
     }
 
-    static RootedOpenResult Map(int errno, string path) => errno switch
+    private static RootedOpenResult Map(int errno, string path) => errno switch
     {
         ENOENT or ENOTDIR or ENAMETOOLONG => RootedOpenResult.NotFound,
         ELOOP => RootedOpenResult.SymlinkLoop,
@@ -231,10 +231,10 @@ internal static unsafe class RootedPath
     };
 
     /// <summary>A descriptor, or minus the errno.</summary>
-    static int Open(int dirFd, string name, int flags) => OpenAt(dirFd, CString(name), flags);
+    private static int Open(int dirFd, string name, int flags) => OpenAt(dirFd, CString(name), flags);
 
     /// <summary>Like <see cref="Open"/> for a name given as bytes (with or without its NUL).</summary>
-    static int OpenAt(int dirFd, byte[] name, int flags)
+    private static int OpenAt(int dirFd, byte[] name, int flags)
     {
         var bytes = name.Length > 0 && name[^1] == 0 ? name : [.. name, (byte)0];
         while (true)
@@ -247,9 +247,9 @@ internal static unsafe class RootedPath
         }
     }
 
-    static uint TypeOf(int fd, string what) => Libc.FStat(fd, what).FileType;
+    private static uint TypeOf(int fd, string what) => Libc.FStat(fd, what).FileType;
 
-    static byte[] ReadLink(int fd, string what)
+    private static byte[] ReadLink(int fd, string what)
     {
         var buf = new byte[4096]; // PATH_MAX: a longer target cannot exist
         byte empty = 0;
@@ -259,13 +259,13 @@ internal static unsafe class RootedPath
         return buf[..(int)n];
     }
 
-    static byte[] CString(string s)
+    private static byte[] CString(string s)
     {
         var bytes = new byte[Encoding.UTF8.GetByteCount(s) + 1];
         Encoding.UTF8.GetBytes(s, 0, s.Length, bytes, 0);
         return bytes;
     }
 
-    static IOException Error(string call, string path, int errno) =>
+    private static IOException Error(string call, string path, int errno) =>
         new($"{call} '{path}' failed: {Marshal.GetPInvokeErrorMessage(errno)} (errno {errno}).", errno);
 }

@@ -1,6 +1,6 @@
-using MelangeRunner.HostProcess;
 using System.Security.Cryptography;
 using System.Text;
+using MelangeRunner.HostProcess;
 
 namespace MelangeRunner.Ssh;
 

@@ -67,7 +67,7 @@ internal static class Decompression
     }
 
     /// <summary>A tar header block: "ustar" magic, or (v7) a valid header checksum.</summary>
-    static bool IsTarHeader(ReadOnlySpan<byte> h)
+    private static bool IsTarHeader(ReadOnlySpan<byte> h)
     {
         if (h.Slice(257, 5).SequenceEqual("ustar"u8)) return true;
         long sum = 0;
@@ -86,7 +86,7 @@ internal static class Decompression
 /// <summary>Between a decoder and its source: remembers the source's own failure, so that it is not taken for corrupt data.</summary>
 internal sealed class SourceGuard : ReadOnlyWrapper
 {
-    readonly Stream _inner;
+    private readonly Stream _inner;
     public SourceGuard(Stream inner) => _inner = inner;
 
     /// <summary>What the source threw, if it did.</summary>
@@ -120,9 +120,9 @@ internal sealed class SourceGuard : ReadOnlyWrapper
 /// </summary>
 internal sealed class DecoderGuard : ReadOnlyWrapper
 {
-    readonly Stream _decoder;
-    readonly SourceGuard _source;
-    readonly string _compression;
+    private readonly Stream _decoder;
+    private readonly SourceGuard _source;
+    private readonly string _compression;
 
     public DecoderGuard(Stream decoder, SourceGuard source, string compression) { _decoder = decoder; _source = source; _compression = compression; }
 

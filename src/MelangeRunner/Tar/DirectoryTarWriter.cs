@@ -19,14 +19,14 @@ internal static class DirectoryTarWriter
         return Task.Run(() => new Walker(output, root, events, ct).Run(relativePaths), ct);
     }
 
-    sealed class Walker
+    private sealed class Walker
     {
-        readonly PaxWriter _writer;
-        readonly string _root;
-        readonly IEventSink _events;
-        readonly CancellationToken _ct;
-        readonly Dictionary<(ulong Dev, ulong Ino), string> _links = new();
-        readonly HashSet<string> _written = new(StringComparer.Ordinal);
+        private readonly PaxWriter _writer;
+        private readonly string _root;
+        private readonly IEventSink _events;
+        private readonly CancellationToken _ct;
+        private readonly Dictionary<(ulong Dev, ulong Ino), string> _links = new();
+        private readonly HashSet<string> _written = new(StringComparer.Ordinal);
 
         public Walker(Stream output, string root, IEventSink events, CancellationToken ct)
         {
@@ -52,7 +52,7 @@ internal static class DirectoryTarWriter
             _writer.Finish();
         }
 
-        bool ParentGoesThroughSymlink(string rel)
+        private bool ParentGoesThroughSymlink(string rel)
         {
             string parent = TarPath.Parent(rel);
             while (parent.Length > 0)
@@ -70,7 +70,7 @@ internal static class DirectoryTarWriter
         /// would refuse (TarPath's rule: over 4095 bytes, a component over 255, not UTF-8) is
         /// skipped here with a warning instead.
         /// </summary>
-        void Walk(string rel, string full, FileStatus st)
+        private void Walk(string rel, string full, FileStatus st)
         {
             var stack = new Stack<(string Rel, string Full, FileStatus St)>();
             stack.Push((rel, full, st));
@@ -97,7 +97,7 @@ internal static class DirectoryTarWriter
             }
         }
 
-        void Write(string rel, string full, FileStatus st)
+        private void Write(string rel, string full, FileStatus st)
         {
             var h = new TarHeaderInfo
             {

@@ -12,13 +12,13 @@ namespace MelangeRunner.Tar;
 /// </summary>
 internal sealed unsafe class GzipNativeStream : ReadOnlyWrapper
 {
-    const string Lib = "libz.so.1";
-    const int Z_OK = 0, Z_STREAM_END = 1, Z_BUF_ERROR = -5, Z_NO_FLUSH = 0;
-    const int GzipOnly = 15 + 16; // windowBits: a 32 KiB window, gzip wrapper (zlib checks CRC-32 and ISIZE)
+    private const string Lib = "libz.so.1";
+    private const int Z_OK = 0, Z_STREAM_END = 1, Z_BUF_ERROR = -5, Z_NO_FLUSH = 0;
+    private const int GzipOnly = 15 + 16; // windowBits: a 32 KiB window, gzip wrapper (zlib checks CRC-32 and ISIZE)
 
     // zlib's z_stream for LP64 (uLong is 64 bits on Linux x86_64 and aarch64).
     [StructLayout(LayoutKind.Sequential)]
-    struct ZStream
+    private struct ZStream
     {
         public byte* NextIn; public uint AvailIn; public nuint TotalIn;
         public byte* NextOut; public uint AvailOut; public nuint TotalOut;
@@ -27,27 +27,27 @@ internal sealed unsafe class GzipNativeStream : ReadOnlyWrapper
         public int DataType; public nuint Adler; public nuint Reserved;
     }
 
-    [DllImport(Lib)] static extern sbyte* zlibVersion();
-    [DllImport(Lib)] static extern int inflateInit2_(ZStream* strm, int windowBits, sbyte* version, int streamSize);
-    [DllImport(Lib)] static extern int inflate(ZStream* strm, int flush);
-    [DllImport(Lib)] static extern int inflateReset(ZStream* strm);
-    [DllImport(Lib)] static extern int inflateEnd(ZStream* strm);
+    [DllImport(Lib)] private static extern sbyte* zlibVersion();
+    [DllImport(Lib)] private static extern int inflateInit2_(ZStream* strm, int windowBits, sbyte* version, int streamSize);
+    [DllImport(Lib)] private static extern int inflate(ZStream* strm, int flush);
+    [DllImport(Lib)] private static extern int inflateReset(ZStream* strm);
+    [DllImport(Lib)] private static extern int inflateEnd(ZStream* strm);
 
-    static readonly Lazy<bool> s_available = new(() =>
+    private static readonly Lazy<bool> LibzLoads = new(() =>
     {
         if (Environment.GetEnvironmentVariable("MELANGE_RUNNER_MANAGED_GZIP") == "1") return false; // for tests of the fallback
         try { return NativeLibrary.TryLoad(Lib, typeof(GzipNativeStream).Assembly, null, out _) && zlibVersion() != null; }
         catch (Exception) { return false; }
     });
 
-    public static bool IsAvailable => s_available.Value;
+    public static bool IsAvailable => LibzLoads.Value;
 
-    readonly Stream _inner;
+    private readonly Stream _inner;
     // zlib keeps a pointer back to its z_stream and refuses calls from a moved one: native memory.
-    ZStream* _z;
-    readonly byte[] _in = GC.AllocateUninitializedArray<byte>(1 << 17, pinned: true);
-    int _inPos, _inLen;
-    bool _innerEnded, _memberEnded, _done;
+    private ZStream* _z;
+    private readonly byte[] _in = GC.AllocateUninitializedArray<byte>(1 << 17, pinned: true);
+    private int _inPos, _inLen;
+    private bool _innerEnded, _memberEnded, _done;
 
     public GzipNativeStream(Stream inner)
     {
@@ -62,7 +62,7 @@ internal sealed unsafe class GzipNativeStream : ReadOnlyWrapper
         }
     }
 
-    void Fill()
+    private void Fill()
     {
         if (_inPos < _inLen || _innerEnded) return;
         _inLen = _inner.Read(_in, 0, _in.Length);

@@ -30,9 +30,9 @@ internal sealed class PaxWriter
 {
     public const byte File = (byte)'0', HardLink = (byte)'1', Symlink = (byte)'2', CharDevice = (byte)'3', BlockDevice = (byte)'4', Directory = (byte)'5', Fifo = (byte)'6';
 
-    readonly Stream _out;
-    readonly byte[] _header = new byte[512];
-    readonly MemoryStream _pax = new();
+    private readonly Stream _out;
+    private readonly byte[] _header = new byte[512];
+    private readonly MemoryStream _pax = new();
 
     public PaxWriter(Stream output) => _out = output;
 
@@ -85,7 +85,7 @@ internal sealed class PaxWriter
         _out.Flush();
     }
 
-    void CopyExactly(Stream data, long size, string name, CancellationToken ct)
+    private void CopyExactly(Stream data, long size, string name, CancellationToken ct)
     {
         byte[] buf = ArrayPool<byte>.Shared.Rent(StreamUtil.CopyBufferSize);
         try
@@ -103,15 +103,15 @@ internal sealed class PaxWriter
         finally { ArrayPool<byte>.Shared.Return(buf); }
     }
 
-    void Pad(long length)
+    private void Pad(long length)
     {
         int pad = (int)((512 - length % 512) % 512);
         if (pad > 0) { Array.Clear(_header); _out.Write(_header, 0, pad); }
     }
 
-    void AddRecord(string key, string value) => AddRecord(key, Encoding.UTF8.GetBytes(value));
+    private void AddRecord(string key, string value) => AddRecord(key, Encoding.UTF8.GetBytes(value));
 
-    void AddRecord(string key, byte[] value)
+    private void AddRecord(string key, byte[] value)
     {
         // "<len> <key>=<value>\n" where <len> counts the whole record, its own digits included.
         int keyLen = Encoding.UTF8.GetByteCount(key);
@@ -126,9 +126,9 @@ internal sealed class PaxWriter
         _pax.WriteByte((byte)'\n');
     }
 
-    static byte[] Truncate(byte[] b, int max) => b.Length <= max ? b : b[..max];
+    private static byte[] Truncate(byte[] b, int max) => b.Length <= max ? b : b[..max];
 
-    void FillHeader(byte[] name, byte type, uint mode, uint uid, uint gid, string? uname, string? gname, long size, long mtime, byte[]? link, uint major, uint minor)
+    private void FillHeader(byte[] name, byte type, uint mode, uint uid, uint gid, string? uname, string? gname, long size, long mtime, byte[]? link, uint major, uint minor)
     {
         var h = _header.AsSpan();
         h.Clear();
@@ -157,7 +157,7 @@ internal sealed class PaxWriter
     }
 
     /// <summary>Zero-padded octal digits filling the field except its last byte (NUL).</summary>
-    static void Octal(Span<byte> field, long value)
+    private static void Octal(Span<byte> field, long value)
     {
         int digits = field.Length - 1;
         for (int i = digits - 1; i >= 0; i--) { field[i] = (byte)('0' + (value & 7)); value >>= 3; }

@@ -10,17 +10,17 @@ namespace MelangeRunner.Tar;
 /// </summary>
 internal sealed class ReadAheadStream : ReadOnlyWrapper
 {
-    const int ChunkSize = 1 << 20;
-    const int Depth = 4;
+    private const int ChunkSize = 1 << 20;
+    private const int Depth = 4;
 
-    readonly Stream _inner;
-    readonly BlockingCollection<(byte[] Buffer, int Length)> _full = new(Depth);
-    readonly CancellationTokenSource _stop = new();
-    readonly Thread _thread;
-    Exception? _error;
-    byte[]? _current;
-    int _currentLength, _currentPos;
-    bool _ended;
+    private readonly Stream _inner;
+    private readonly BlockingCollection<(byte[] Buffer, int Length)> _full = new(Depth);
+    private readonly CancellationTokenSource _stop = new();
+    private readonly Thread _thread;
+    private Exception? _error;
+    private byte[]? _current;
+    private int _currentLength, _currentPos;
+    private bool _ended;
 
     public ReadAheadStream(Stream inner)
     {
@@ -29,7 +29,7 @@ internal sealed class ReadAheadStream : ReadOnlyWrapper
         _thread.Start();
     }
 
-    void Produce()
+    private void Produce()
     {
         try
         {

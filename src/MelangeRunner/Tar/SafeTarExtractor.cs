@@ -57,7 +57,7 @@ internal static class SafeTarExtractor
 /// </summary>
 internal sealed class NoEmptyReads : ReadOnlyWrapper
 {
-    readonly Stream _inner;
+    private readonly Stream _inner;
     public NoEmptyReads(Stream inner) => _inner = inner;
     protected override int ReadCore(Span<byte> buffer) => buffer.Length == 0 ? 0 : _inner.Read(buffer);
 }
@@ -90,7 +90,7 @@ internal static class TarEntries
         return entry;
     }
 
-    static MelangeException Sparse(string name, Exception? inner) =>
+    private static MelangeException Sparse(string name, Exception? inner) =>
         new(ErrorKind.InvalidData, "SparseTarEntry",
             $"The tar entry '{name}' is a GNU sparse file (made with tar --sparse / -S), which is not supported.",
             "Re-create the tar without --sparse (-S); files with holes are written with holes anyway.", name, inner);
@@ -117,25 +117,25 @@ internal static class TarEntries
 /// </remarks>
 internal sealed class TarExtractor
 {
-    const string PartialPrefix = ".melange-partial-";
+    private const string PartialPrefix = ".melange-partial-";
     // Room kept below PATH_MAX for the temporary name a file is written under.
-    const int PartialReserve = 32;
-    const int HoleBlock = 4096;
+    private const int PartialReserve = 32;
+    private const int HoleBlock = 4096;
 
-    readonly string _root;
-    readonly int _rootBytes;
-    readonly TarExtractOptions _options;
-    readonly IEventSink _events;
-    readonly bool _chown;
-    readonly HashSet<string> _verifiedDirs = new(StringComparer.Ordinal) { "" };
-    readonly List<DirMeta> _dirs = new();
-    readonly Dictionary<string, int> _dirIndex = new(StringComparer.Ordinal);
+    private readonly string _root;
+    private readonly int _rootBytes;
+    private readonly TarExtractOptions _options;
+    private readonly IEventSink _events;
+    private readonly bool _chown;
+    private readonly HashSet<string> _verifiedDirs = new(StringComparer.Ordinal) { "" };
+    private readonly List<DirMeta> _dirs = new();
+    private readonly Dictionary<string, int> _dirIndex = new(StringComparer.Ordinal);
     // Paths (and their ancestors) written by the current layer: whiteouts only hide lower layers.
-    readonly HashSet<string> _layerPaths = new(StringComparer.Ordinal);
-    int _xattrWarnings;
-    readonly byte[] _buffer = new byte[StreamUtil.CopyBufferSize];
+    private readonly HashSet<string> _layerPaths = new(StringComparer.Ordinal);
+    private int _xattrWarnings;
+    private readonly byte[] _buffer = new byte[StreamUtil.CopyBufferSize];
 
-    record struct DirMeta(string Rel, uint Mode, long MTime, long MTimeNs);
+    private record struct DirMeta(string Rel, uint Mode, long MTime, long MTimeNs);
 
     public TarExtractor(string destination, TarExtractOptions options, IEventSink events)
     {
@@ -151,10 +151,10 @@ internal sealed class TarExtractor
 
     public long EntriesWritten { get; private set; }
 
-    string Full(string rel) => rel.Length == 0 ? _root : _root + "/" + rel;
+    private string Full(string rel) => rel.Length == 0 ? _root : _root + "/" + rel;
 
     /// <summary>Why the destination path of <paramref name="rel"/> cannot be used, or null.</summary>
-    string? TooLong(string rel) =>
+    private string? TooLong(string rel) =>
         _rootBytes + 1 + Encoding.UTF8.GetByteCount(rel) + PartialReserve > TarPath.MaxNameBytes
             ? $"its path in the destination would be longer than {TarPath.MaxNameBytes - PartialReserve} bytes" : null;
 
@@ -185,7 +185,7 @@ internal sealed class TarExtractor
         }
     }
 
-    void Apply(TarEntry entry, RecordingStream recorder, CancellationToken ct)
+    private void Apply(TarEntry entry, RecordingStream recorder, CancellationToken ct)
     {
         var type = entry.EntryType;
         if (type == TarEntryType.GlobalExtendedAttributes) return; // global PAX headers carry nothing to extract
@@ -218,45 +218,45 @@ internal sealed class TarExtractor
         switch (type)
         {
             case TarEntryType.Directory:
-            {
-                var st = Libc.LStat(full);
-                if (st is { IsDirectory: true }) { }
-                else
                 {
-                    if (st != null) RemoveExisting(full, st.Value);
-                    Check(Libc.Mkdir(full, 0x1C0), "mkdir", full); // 0700 until Finish applies the real mode
+                    var st = Libc.LStat(full);
+                    if (st is { IsDirectory: true }) { }
+                    else
+                    {
+                        if (st != null) RemoveExisting(full, st.Value);
+                        Check(Libc.Mkdir(full, 0x1C0), "mkdir", full); // 0700 until Finish applies the real mode
+                    }
+                    _verifiedDirs.Add(rel);
+                    ApplyOwnerModeXattrs(entry, full, name, recorder, chmod: false);
+                    Defer(rel, entry);
+                    break;
                 }
-                _verifiedDirs.Add(rel);
-                ApplyOwnerModeXattrs(entry, full, name, recorder, chmod: false);
-                Defer(rel, entry);
-                break;
-            }
             case TarEntryType.RegularFile or TarEntryType.V7RegularFile or TarEntryType.ContiguousFile:
                 WriteFile(entry, full, name, recorder, ct);
                 break;
             case TarEntryType.SymbolicLink:
-            {
-                string? linkTarget = TarPath.SymlinkTarget(entry, recorder, out string? linkWhy);
-                if (linkTarget == null) { Skip(name, linkWhy!); return; }
-                CreateOrReplace(full, () => Libc.Symlink(linkTarget, full), "symlink"); // created as-is: never followed while extracting
-                ApplyMeta(entry, full, name, recorder, chmod: false);
-                break;
-            }
+                {
+                    string? linkTarget = TarPath.SymlinkTarget(entry, recorder, out string? linkWhy);
+                    if (linkTarget == null) { Skip(name, linkWhy!); return; }
+                    CreateOrReplace(full, () => Libc.Symlink(linkTarget, full), "symlink"); // created as-is: never followed while extracting
+                    ApplyMeta(entry, full, name, recorder, chmod: false);
+                    break;
+                }
             case TarEntryType.HardLink:
-            {
-                string? target = TarPath.HardLinkTarget(entry, recorder, out string? linkReason);
-                if (target == null) { Skip(name, linkReason!); return; }
-                if (TooLong(target) != null) { Skip(name, $"it is a hard link to '{entry.LinkName}', which does not exist"); return; }
-                string? linkWhy = EnsureDirectory(TarPath.Parent(target), create: false);
-                if (linkWhy != null) { Skip(name, $"it is a hard link to '{entry.LinkName}', and {linkWhy}"); return; }
-                var ts = Libc.LStat(Full(target));
-                if (ts == null) { Skip(name, $"it is a hard link to '{entry.LinkName}', which does not exist"); return; }
-                if (ts.Value.IsDirectory) { Skip(name, $"it is a hard link to the directory '{entry.LinkName}'"); return; }
-                if (target == rel) return; // a link to itself: nothing to do
-                string targetFull = Full(target);
-                CreateOrReplace(full, () => Libc.Link(targetFull, full), "link");
-                break;
-            }
+                {
+                    string? target = TarPath.HardLinkTarget(entry, recorder, out string? linkReason);
+                    if (target == null) { Skip(name, linkReason!); return; }
+                    if (TooLong(target) != null) { Skip(name, $"it is a hard link to '{entry.LinkName}', which does not exist"); return; }
+                    string? linkWhy = EnsureDirectory(TarPath.Parent(target), create: false);
+                    if (linkWhy != null) { Skip(name, $"it is a hard link to '{entry.LinkName}', and {linkWhy}"); return; }
+                    var ts = Libc.LStat(Full(target));
+                    if (ts == null) { Skip(name, $"it is a hard link to '{entry.LinkName}', which does not exist"); return; }
+                    if (ts.Value.IsDirectory) { Skip(name, $"it is a hard link to the directory '{entry.LinkName}'"); return; }
+                    if (target == rel) return; // a link to itself: nothing to do
+                    string targetFull = Full(target);
+                    CreateOrReplace(full, () => Libc.Link(targetFull, full), "link");
+                    break;
+                }
             case TarEntryType.Fifo:
                 CreateOrReplace(full, () => Libc.Mkfifo(full, 0x180), "mkfifo");
                 ApplyMeta(entry, full, name, recorder, chmod: true);
@@ -276,10 +276,10 @@ internal sealed class TarExtractor
         EntriesWritten++;
     }
 
-    static int DevMajor(TarEntry e) => e is PosixTarEntry p ? p.DeviceMajor : 0;
-    static int DevMinor(TarEntry e) => e is PosixTarEntry p ? p.DeviceMinor : 0;
+    private static int DevMajor(TarEntry e) => e is PosixTarEntry p ? p.DeviceMajor : 0;
+    private static int DevMinor(TarEntry e) => e is PosixTarEntry p ? p.DeviceMinor : 0;
 
-    void Skip(string name, string reason) => _events.Warning($"Skipped tar entry '{Printable(name)}': {reason}.");
+    private void Skip(string name, string reason) => _events.Warning($"Skipped tar entry '{Printable(name)}': {reason}.");
 
     /// <summary>A name as a warning shows it: NUL and other control characters escaped, at most 200 characters.</summary>
     internal static string Printable(string name)
@@ -294,7 +294,7 @@ internal sealed class TarExtractor
         return sb.ToString();
     }
 
-    static void Check(int errno, string call, string path)
+    private static void Check(int errno, string call, string path)
     {
         if (errno != 0) throw Libc.Error(call, path, errno);
     }
@@ -304,7 +304,7 @@ internal sealed class TarExtractor
     /// as a real directory, from the deepest one already verified down, in a loop (a name has at
     /// most 2048 components). Returns why not, or null when it is safe to use.
     /// </summary>
-    string? EnsureDirectory(string rel, bool create)
+    private string? EnsureDirectory(string rel, bool create)
     {
         if (_verifiedDirs.Contains(rel)) return null;
         // Find the deepest verified ancestor (the root always is).
@@ -340,13 +340,13 @@ internal sealed class TarExtractor
     }
 
     /// <summary>Like tar --unlink-first: whatever is at the path goes (a directory with its content).</summary>
-    void ReplaceExisting(string full)
+    private void ReplaceExisting(string full)
     {
         var st = Libc.LStat(full);
         if (st != null) RemoveExisting(full, st.Value);
     }
 
-    void RemoveExisting(string full, FileStatus st)
+    private void RemoveExisting(string full, FileStatus st)
     {
         if (st.IsDirectory)
         {
@@ -401,7 +401,7 @@ internal sealed class TarExtractor
     }
 
     /// <summary>Like tar --unlink-first, but only when needed: create; if something is there, remove it and create again.</summary>
-    void CreateOrReplace(string full, Func<int> create, string call)
+    private void CreateOrReplace(string full, Func<int> create, string call)
     {
         int e = create();
         if (e == Libc.EEXIST)
@@ -419,7 +419,7 @@ internal sealed class TarExtractor
     /// cancellation removes the partial one. Runs of zero blocks are skipped with lseek, so holes
     /// stay holes (nothing is preallocated).
     /// </summary>
-    void WriteFile(TarEntry entry, string full, string name, RecordingStream recorder, CancellationToken ct)
+    private void WriteFile(TarEntry entry, string full, string name, RecordingStream recorder, CancellationToken ct)
     {
         string dir = full[..full.LastIndexOf('/')];
         string temp = "";
@@ -488,7 +488,7 @@ internal sealed class TarExtractor
     }
 
     /// <summary>Writes a chunk, seeking over whole zero blocks instead of writing them; true when it ends in a hole.</summary>
-    static bool WriteSparse(int fd, ReadOnlySpan<byte> chunk, string path)
+    private static bool WriteSparse(int fd, ReadOnlySpan<byte> chunk, string path)
     {
         bool endsInHole = false;
         int i = 0;
@@ -505,17 +505,17 @@ internal sealed class TarExtractor
         return endsInHole;
     }
 
-    static bool IsZeroBlock(ReadOnlySpan<byte> chunk, int at) =>
+    private static bool IsZeroBlock(ReadOnlySpan<byte> chunk, int at) =>
         chunk.Slice(at, Math.Min(HoleBlock, chunk.Length - at)).IndexOfAnyExcept((byte)0) < 0;
 
-    void WarnXattr(string message)
+    private void WarnXattr(string message)
     {
         _xattrWarnings++;
         if (_xattrWarnings <= 10) _events.Warning(message + ".");
         else if (_xattrWarnings == 11) _events.Warning("Further extended attribute warnings are not shown.");
     }
 
-    void ApplyMeta(TarEntry entry, string full, string name, RecordingStream recorder, bool chmod)
+    private void ApplyMeta(TarEntry entry, string full, string name, RecordingStream recorder, bool chmod)
     {
         // Order matters: chown clears setuid/setgid and file capabilities, so it comes first.
         ApplyOwnerModeXattrs(entry, full, name, recorder, chmod);
@@ -523,7 +523,7 @@ internal sealed class TarExtractor
         Libc.SetTimes(full, sec, ns);
     }
 
-    void ApplyOwnerModeXattrs(TarEntry entry, string full, string name, RecordingStream recorder, bool chmod)
+    private void ApplyOwnerModeXattrs(TarEntry entry, string full, string name, RecordingStream recorder, bool chmod)
     {
         if (_chown)
         {
@@ -542,7 +542,7 @@ internal sealed class TarExtractor
         return (sec, rem * 100);
     }
 
-    void SetXattrs(TarEntry entry, string full, string name, RecordingStream recorder)
+    private void SetXattrs(TarEntry entry, string full, string name, RecordingStream recorder)
     {
         if (!_options.PreserveXattrs || !Xattrs.HasAny(entry)) return;
         var list = Xattrs.Get(entry, recorder, out bool lossy);
@@ -557,7 +557,7 @@ internal sealed class TarExtractor
         }
     }
 
-    void Defer(string rel, TarEntry entry)
+    private void Defer(string rel, TarEntry entry)
     {
         var (sec, ns) = UnixTime(entry.ModificationTime);
         var meta = new DirMeta(rel, (uint)entry.Mode, sec, ns);
@@ -565,7 +565,7 @@ internal sealed class TarExtractor
         else { _dirIndex[rel] = _dirs.Count; _dirs.Add(meta); }
     }
 
-    void MarkWritten(string rel)
+    private void MarkWritten(string rel)
     {
         if (!_options.ApplyWhiteouts) return;
         // The path and its ancestors: an opaque marker must keep this layer's own directories.
@@ -577,7 +577,7 @@ internal sealed class TarExtractor
     /// so never the directory itself nor its parent), an opaque marker clears the lower content
     /// of the directory <paramref name="target"/>; both only through real directories.
     /// </summary>
-    void ApplyWhiteout(TarPath.WhiteoutKind kind, string target)
+    private void ApplyWhiteout(TarPath.WhiteoutKind kind, string target)
     {
         if (TooLong(target) != null) return; // nothing that long can exist below the root
         string dir = kind == TarPath.WhiteoutKind.Opaque ? target : TarPath.Parent(target);
@@ -594,7 +594,7 @@ internal sealed class TarExtractor
     }
 
     /// <summary>Opaque directory: removes what lower layers put in it, keeping this layer's entries (a loop over this layer's directories, not recursion).</summary>
-    void ClearLowerContent(string top)
+    private void ClearLowerContent(string top)
     {
         bool removedDir = false;
         var pending = new Stack<string>();

@@ -15,7 +15,7 @@ internal abstract class ReadOnlyWrapper : Stream
     public override long Length => throw new NotSupportedException();
     /// <summary>Bytes read so far (some decoders ask for it); setting it is not supported.</summary>
     public override long Position { get => _position; set => throw new NotSupportedException(); }
-    long _position;
+    private long _position;
     public override void Flush() { }
     public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
     public override void SetLength(long value) => throw new NotSupportedException();
@@ -34,10 +34,10 @@ internal abstract class ReadOnlyWrapper : Stream
 /// <summary>Counts the bytes read through it (for progress) and reports them at most 10 times a second.</summary>
 internal sealed class CountingStream : ReadOnlyWrapper
 {
-    readonly Stream _inner;
-    readonly bool _leaveOpen;
-    readonly Action<long>? _onProgress;
-    long _lastReportTicks;
+    private readonly Stream _inner;
+    private readonly bool _leaveOpen;
+    private readonly Action<long>? _onProgress;
+    private long _lastReportTicks;
 
     public CountingStream(Stream inner, Action<long>? onProgress = null, long initialCount = 0, bool leaveOpen = false)
     {
@@ -65,10 +65,10 @@ internal sealed class CountingStream : ReadOnlyWrapper
 /// <summary>Replays bytes already read (by format sniffing) before continuing with the rest of the stream.</summary>
 internal sealed class PrefixedStream : ReadOnlyWrapper
 {
-    readonly byte[] _prefix;
-    int _pos;
-    readonly int _len;
-    readonly Stream _inner;
+    private readonly byte[] _prefix;
+    private int _pos;
+    private readonly int _len;
+    private readonly Stream _inner;
 
     public PrefixedStream(byte[] prefix, int length, Stream inner) { _prefix = prefix; _len = length; _inner = inner; }
 
@@ -90,9 +90,9 @@ internal sealed class PrefixedStream : ReadOnlyWrapper
 /// <summary>A window [offset, offset+length) of a seekable file stream, read with its own position (blobs inside an image archive).</summary>
 internal sealed class WindowStream : ReadOnlyWrapper
 {
-    readonly Stream _file;
-    long _pos;
-    readonly long _end;
+    private readonly Stream _file;
+    private long _pos;
+    private readonly long _end;
 
     public WindowStream(Stream file, long offset, long length) { _file = file; _pos = offset; _end = offset + length; }
 
@@ -116,9 +116,9 @@ internal sealed class WindowStream : ReadOnlyWrapper
 /// </summary>
 internal sealed class RecordingStream : ReadOnlyWrapper
 {
-    const int Limit = 1 << 20;
-    readonly Stream _inner;
-    byte[] _buf = new byte[8192];
+    private const int Limit = 1 << 20;
+    private readonly Stream _inner;
+    private byte[] _buf = new byte[8192];
 
     public RecordingStream(Stream inner) => _inner = inner;
 

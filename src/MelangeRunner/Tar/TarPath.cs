@@ -63,7 +63,7 @@ internal static class TarPath
     }
 
     /// <summary>Why one path component is not acceptable, or null.</summary>
-    static string? CheckComponent(ReadOnlySpan<char> part, string what)
+    private static string? CheckComponent(ReadOnlySpan<char> part, string what)
     {
         if (part.Length == 0) return $"{what} has an empty component ('//')";
         if (part is ".") return $"{what} has a '.' component";
@@ -119,7 +119,7 @@ internal static class TarPath
     /// header bytes hold exactly that name (a real U+FFFD); names are kept exact or refused,
     /// never merged. Without the raw bytes (a header over 1 MiB), it is refused.
     /// </summary>
-    static bool CheckExact(string decoded, RecordingStream? recorder, RawHeader.Field field)
+    private static bool CheckExact(string decoded, RecordingStream? recorder, RawHeader.Field field)
     {
         if (!decoded.Contains('\uFFFD')) return true;
         if (recorder == null || recorder.Overflowed) return false;

@@ -19,7 +19,7 @@ internal static class Xattrs
     public static bool HasAny(TarEntry entry) =>
         entry is PaxTarEntry pax && AnyXattrKey(pax.ExtendedAttributes);
 
-    static bool AnyXattrKey(IReadOnlyDictionary<string, string> ea)
+    private static bool AnyXattrKey(IReadOnlyDictionary<string, string> ea)
     {
         foreach (var k in ea.Keys) if (k.StartsWith(Prefix, StringComparison.Ordinal)) return true;
         return false;
@@ -47,7 +47,7 @@ internal static class Xattrs
     }
 
     /// <summary>Re-reads the 'x' extended header blocks among the recorded bytes (padding + headers of one entry).</summary>
-    static Dictionary<string, byte[]> ParseRaw(RecordingStream rec)
+    private static Dictionary<string, byte[]> ParseRaw(RecordingStream rec)
     {
         var found = new Dictionary<string, byte[]>(StringComparer.Ordinal);
         ReadOnlySpan<byte> b = rec.Recorded;
@@ -69,7 +69,7 @@ internal static class Xattrs
         return found;
     }
 
-    static void ParseRecords(ReadOnlySpan<byte> data, Dictionary<string, byte[]> found)
+    private static void ParseRecords(ReadOnlySpan<byte> data, Dictionary<string, byte[]> found)
     {
         // Records are "<len> <key>=<value>\n", where <len> counts the whole record.
         while (data.Length > 0)
@@ -164,14 +164,14 @@ internal static class RawHeader
         return false;
     }
 
-    static ReadOnlySpan<byte> UpToNul(ReadOnlySpan<byte> f)
+    private static ReadOnlySpan<byte> UpToNul(ReadOnlySpan<byte> f)
     {
         int i = f.IndexOf((byte)0);
         return i < 0 ? f : f[..i];
     }
 
     /// <summary>The raw value of one key among PAX records "&lt;len&gt; &lt;key&gt;=&lt;value&gt;\n" (the last one wins).</summary>
-    static byte[]? PaxValue(ReadOnlySpan<byte> data, ReadOnlySpan<byte> key)
+    private static byte[]? PaxValue(ReadOnlySpan<byte> data, ReadOnlySpan<byte> key)
     {
         byte[]? found = null;
         while (data.Length > 0)

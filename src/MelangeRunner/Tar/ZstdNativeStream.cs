@@ -10,34 +10,34 @@ namespace MelangeRunner.Tar;
 /// </summary>
 internal sealed unsafe class ZstdNativeStream : ReadOnlyWrapper
 {
-    const string Lib = "libzstd.so.1";
+    private const string Lib = "libzstd.so.1";
 
-    [StructLayout(LayoutKind.Sequential)] struct InBuffer { public byte* Src; public nuint Size; public nuint Pos; }
-    [StructLayout(LayoutKind.Sequential)] struct OutBuffer { public byte* Dst; public nuint Size; public nuint Pos; }
+    [StructLayout(LayoutKind.Sequential)] private struct InBuffer { public byte* Src; public nuint Size; public nuint Pos; }
+    [StructLayout(LayoutKind.Sequential)] private struct OutBuffer { public byte* Dst; public nuint Size; public nuint Pos; }
 
-    [DllImport(Lib)] static extern nint ZSTD_createDStream();
-    [DllImport(Lib)] static extern nuint ZSTD_freeDStream(nint zds);
-    [DllImport(Lib)] static extern nuint ZSTD_initDStream(nint zds);
-    [DllImport(Lib)] static extern nuint ZSTD_decompressStream(nint zds, OutBuffer* output, InBuffer* input);
-    [DllImport(Lib)] static extern uint ZSTD_isError(nuint code);
-    [DllImport(Lib)] static extern nint ZSTD_getErrorName(nuint code);
-    [DllImport(Lib)] static extern nuint ZSTD_DStreamInSize();
+    [DllImport(Lib)] private static extern nint ZSTD_createDStream();
+    [DllImport(Lib)] private static extern nuint ZSTD_freeDStream(nint zds);
+    [DllImport(Lib)] private static extern nuint ZSTD_initDStream(nint zds);
+    [DllImport(Lib)] private static extern nuint ZSTD_decompressStream(nint zds, OutBuffer* output, InBuffer* input);
+    [DllImport(Lib)] private static extern uint ZSTD_isError(nuint code);
+    [DllImport(Lib)] private static extern nint ZSTD_getErrorName(nuint code);
+    [DllImport(Lib)] private static extern nuint ZSTD_DStreamInSize();
 
-    static readonly Lazy<bool> s_available = new(() =>
+    private static readonly Lazy<bool> LibzstdLoads = new(() =>
     {
         if (Environment.GetEnvironmentVariable("MELANGE_RUNNER_MANAGED_ZSTD") == "1") return false; // for benchmarks/tests of the fallback
         try { return NativeLibrary.TryLoad(Lib, typeof(ZstdNativeStream).Assembly, null, out _) && ZSTD_DStreamInSize() > 0; }
         catch (Exception) { return false; }
     });
 
-    public static bool IsAvailable => s_available.Value;
+    public static bool IsAvailable => LibzstdLoads.Value;
 
-    readonly Stream _inner;
-    nint _ctx;
-    readonly byte[] _in;
-    int _inPos, _inLen;
-    bool _innerEnded;
-    bool _frameOpen; // a frame is started and not finished
+    private readonly Stream _inner;
+    private nint _ctx;
+    private readonly byte[] _in;
+    private int _inPos, _inLen;
+    private bool _innerEnded;
+    private bool _frameOpen; // a frame is started and not finished
 
     public ZstdNativeStream(Stream inner)
     {

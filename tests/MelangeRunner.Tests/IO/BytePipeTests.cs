@@ -1,5 +1,5 @@
-using MelangeRunner.IO;
 using System.Formats.Tar;
+using MelangeRunner.IO;
 using MelangeRunner.Tests.Tar;
 using Xunit;
 
@@ -8,7 +8,7 @@ namespace MelangeRunner.Tests;
 /// <summary>The workspace export pipe: no deadlock whatever the sizes, prompt cancellation, nothing left running.</summary>
 public class BytePipeTests
 {
-    static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
 
     [Fact]
     public void AZeroLengthReadReturnsAtOnceAndIsNotTheEnd()
@@ -100,9 +100,9 @@ public class BytePipeTests
 
 public class WorkspaceTarTests
 {
-    static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
+    private static readonly TimeSpan Bound = TimeSpan.FromSeconds(60);
 
-    static string MakeWorkspace(TempTree t, params int[] sizes)
+    private static string MakeWorkspace(TempTree t, params int[] sizes)
     {
         var ws = t.Dir("ws");
         var pkg = Path.Combine(ws, Workspace.OutputDir, "pkg");
@@ -117,7 +117,7 @@ public class WorkspaceTarTests
     }
 
     /// <summary>Reads the tar as the extractor does: headers, each entry's data, a zero-length read at each entry's end.</summary>
-    static Dictionary<string, byte[]> ReadAll(Stream tar)
+    private static Dictionary<string, byte[]> ReadAll(Stream tar)
     {
         var files = new Dictionary<string, byte[]>();
         using var reader = new TarReader(tar, leaveOpen: true);

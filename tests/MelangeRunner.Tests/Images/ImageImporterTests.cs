@@ -12,7 +12,7 @@ namespace MelangeRunner.Tests.Images;
 
 public class ImageImporterTests
 {
-    static byte[] Gzip(byte[] data)
+    private static byte[] Gzip(byte[] data)
     {
         var ms = new MemoryStream();
         using (var z = new GZipStream(ms, CompressionLevel.Fastest, leaveOpen: true)) z.Write(data);
@@ -20,7 +20,7 @@ public class ImageImporterTests
     }
 
     /// <summary>Compresses with the system tool (zstd, xz, bzip2).</summary>
-    static byte[] Tool(string tool, byte[] data, TempTree t)
+    private static byte[] Tool(string tool, byte[] data, TempTree t)
     {
         string p = t.PathOf("in-" + Guid.NewGuid().ToString("N")[..6]);
         File.WriteAllBytes(p, data);
@@ -29,7 +29,7 @@ public class ImageImporterTests
         return File.ReadAllBytes(p + ext);
     }
 
-    static readonly byte[] s_base = TarTestUtil.BuildTar(w =>
+    private static readonly byte[] BaseLayer = TarTestUtil.BuildTar(w =>
     {
         w.Dir("etc");
         w.File("etc/os-release", "ID=test");
@@ -44,7 +44,7 @@ public class ImageImporterTests
         w.File("etc/.wh.never-written-alone", ""); // a whiteout in the lowest layer hides nothing and is not written
     });
 
-    static readonly byte[] s_upper = TarTestUtil.BuildTar(w =>
+    private static readonly byte[] UpperLayer = TarTestUtil.BuildTar(w =>
     {
         w.File("etc/.wh.removed", "");
         w.Dir("opq", (UnixFileMode)0x1ED);
@@ -54,14 +54,14 @@ public class ImageImporterTests
         w.File("new/file", "new");
     });
 
-    static readonly byte[] s_arm = TarTestUtil.BuildTar(w => w.File("arch", "arm64"));
+    private static readonly byte[] ArmLayer = TarTestUtil.BuildTar(w => w.File("arch", "arm64"));
 
-    static readonly string[] s_expectedAmd64 =
+    private static readonly string[] ExpectedAmd64 =
     {
         "bin", "bin/busybox", "bin/sh", "dir-to-file", "etc", "etc/os-release", "keep", "keep/file", "new", "new/file", "opq", "opq/upper",
     };
 
-    sealed class Oci
+    private sealed class Oci
     {
         public readonly string Dir;
         public Oci(string dir) { Dir = dir; Directory.CreateDirectory(Path.Combine(dir, "blobs/sha256")); }
@@ -90,15 +90,15 @@ public class ImageImporterTests
         }
     }
 
-    static string MakeLayout(TempTree t)
+    private static string MakeLayout(TempTree t)
     {
         var oci = new Oci(t.PathOf("layout"));
-        var upperZstd = Tool("zstd", s_upper, t);
-        oci.Index(oci.Manifest("amd64", Gzip(s_base), upperZstd), oci.Manifest("arm64", s_arm));
+        var upperZstd = Tool("zstd", UpperLayer, t);
+        oci.Index(oci.Manifest("amd64", Gzip(BaseLayer), upperZstd), oci.Manifest("arm64", ArmLayer));
         return oci.Dir;
     }
 
-    static List<string> Paths(string root) =>
+    private static List<string> Paths(string root) =>
         TarTestUtil.Describe(root).Select(l => l[..l.IndexOf(' ')]).ToList();
 
     [Theory]
@@ -112,11 +112,11 @@ public class ImageImporterTests
         using var t = new TempTree();
         byte[] data = compression switch
         {
-            "none" => s_base,
-            "gzip" => Gzip(s_base),
-            "zstd" => Tool("zstd", s_base, t),
-            "xz" => Tool("xz", s_base, t),
-            _ => Tool("bzip2", s_base, t),
+            "none" => BaseLayer,
+            "gzip" => Gzip(BaseLayer),
+            "zstd" => Tool("zstd", BaseLayer, t),
+            "xz" => Tool("xz", BaseLayer, t),
+            _ => Tool("bzip2", BaseLayer, t),
         };
         string file = t.PathOf("layer.bin"); // the name says nothing: detection is by content
         File.WriteAllBytes(file, data);
@@ -163,7 +163,7 @@ public class ImageImporterTests
         Assert.Equal(("oci-layout", "x86_64"), (info.Kind, info.Arch));
         Assert.Equal(new[] { "PATH=/opt/amd64/bin:/usr/bin", "LANG=C.UTF-8" }, info.Env); // the chosen image's config; not K=V skipped
         Assert.Empty(sink.Warnings);
-        Assert.Equal(s_expectedAmd64, Paths(guest));
+        Assert.Equal(ExpectedAmd64, Paths(guest));
         Assert.Equal("now a file", File.ReadAllText(Path.Combine(guest, "dir-to-file")));
         Assert.Equal(0x1EDu, Libc.LStat(Path.Combine(guest, "opq"))!.Value.Permissions);
         Assert.Equal(Libc.LStat(Path.Combine(guest, "bin/busybox"))!.Value.Inode, Libc.LStat(Path.Combine(guest, "bin/sh"))!.Value.Inode);
@@ -196,17 +196,17 @@ public class ImageImporterTests
         string guest = t.Dir("guest");
         var info = await ImageImporter.ExtractAsync(archive, "amd64", guest, NullEventSink.Instance, CancellationToken.None);
         Assert.Equal("oci-archive", info.Kind);
-        Assert.Equal(s_expectedAmd64, Paths(guest));
+        Assert.Equal(ExpectedAmd64, Paths(guest));
     }
 
-    static string MakeDockerArchive(TempTree t, bool gzip)
+    private static string MakeDockerArchive(TempTree t, bool gzip)
     {
         string dir = t.Dir("docker");
         string Put(string name, byte[] data) { string p = Path.Combine(dir, name); Directory.CreateDirectory(Path.GetDirectoryName(p)!); File.WriteAllBytes(p, data); return name; }
         string h1 = new string('a', 64), h2 = new string('b', 64), h3 = new string('c', 64);
         var cfg = Put(h3 + ".json", JsonSerializer.SerializeToUtf8Bytes(new { architecture = "amd64", os = "linux", config = new { Env = new[] { "PATH=/usr/local/bin:/usr/bin:/bin", "CC=gcc" } } }));
-        var l1 = Put(h1 + "/layer.tar", s_base);
-        var l2 = Put(h2 + "/layer.tar", s_upper);
+        var l1 = Put(h1 + "/layer.tar", BaseLayer);
+        var l2 = Put(h2 + "/layer.tar", UpperLayer);
         Put("manifest.json", JsonSerializer.SerializeToUtf8Bytes(new[] { new { Config = cfg, RepoTags = new[] { "test:latest" }, Layers = new[] { l1, l2 } } }));
         string archive = t.PathOf("docker.tar");
         TarTestUtil.MustRun("tar", "-C", dir, "-cf", archive, "manifest.json", cfg, h1, h2);
@@ -226,7 +226,7 @@ public class ImageImporterTests
         var info = await ImageImporter.ExtractAsync(archive, null, guest, NullEventSink.Instance, CancellationToken.None);
         Assert.Equal("docker-archive", info.Kind);
         Assert.Equal(new[] { "PATH=/usr/local/bin:/usr/bin:/bin", "CC=gcc" }, info.Env);
-        Assert.Equal(s_expectedAmd64, Paths(guest));
+        Assert.Equal(ExpectedAmd64, Paths(guest));
         Assert.DoesNotContain(Directory.GetDirectories(t.Root), d => Path.GetFileName(d).StartsWith(".melange-import-"));
         var ex = await Assert.ThrowsAsync<MelangeException>(() => ImageImporter.ExtractAsync(archive, "aarch64", t.Dir("g2"), NullEventSink.Instance, CancellationToken.None));
         Assert.Equal("ArchitectureNotFound", ex.ErrorId);
@@ -247,7 +247,7 @@ public class ImageImporterTests
             while (r.GetNextEntry() is { } e) names.Add(e.Name.TrimEnd('/'));
         Assert.DoesNotContain(names, n => n.Contains(".wh."));
         // Parents that no layer lists (bin, keep, new) are not invented; tar creates them on extraction.
-        Assert.Equal(s_expectedAmd64.Except(new[] { "bin", "keep", "new" }), names.Distinct().Order(StringComparer.Ordinal).ToArray());
+        Assert.Equal(ExpectedAmd64.Except(new[] { "bin", "keep", "new" }), names.Distinct().Order(StringComparer.Ordinal).ToArray());
         // GNU tar (what the VM uses) unpacks it to the same tree as the direct extraction.
         string viaTar = t.Dir("via-tar"), direct = t.Dir("direct");
         TarTestUtil.MustRun("tar", "--xattrs", "--xattrs-include=*", "-xpf", output, "-C", viaTar);
@@ -319,8 +319,8 @@ public class ImageImporterTests
 
         // A layer blob swapped for another valid layer: caught by its digest.
         string layout = MakeLayout(t);
-        string blob = Directory.GetFiles(Path.Combine(layout, "blobs/sha256")).First(f => File.ReadAllBytes(f).AsSpan().SequenceEqual(s_arm));
-        File.WriteAllBytes(blob, s_upper);
+        string blob = Directory.GetFiles(Path.Combine(layout, "blobs/sha256")).First(f => File.ReadAllBytes(f).AsSpan().SequenceEqual(ArmLayer));
+        File.WriteAllBytes(blob, UpperLayer);
         var tampered = await Assert.ThrowsAsync<MelangeException>(() => ImageImporter.ExtractAsync(layout, "arm64", t.Dir("g4"), NullEventSink.Instance, CancellationToken.None));
         Assert.Equal("DigestMismatch", tampered.ErrorId);
     }

@@ -16,7 +16,7 @@ public class ImageRootTests
     public static TheoryData<bool> Methods => new() { false, true };
 
     /// <summary>A scratch directory holding "outside" (a stand-in for host files) and the image "root".</summary>
-    sealed class Layout : IDisposable
+    private sealed class Layout : IDisposable
     {
         public readonly TempTree Tree = new();
         public string Root => Tree.PathOf("root");
@@ -46,16 +46,16 @@ public class ImageRootTests
         public void Dispose() => Tree.Dispose();
     }
 
-    static bool Unavailable(RootedResolve m) => m == RootedResolve.Openat2 && !RootedPath.Openat2Available;
+    private static bool Unavailable(RootedResolve m) => m == RootedResolve.Openat2 && !RootedPath.Openat2Available;
 
-    static RootedOpenResult Open(string root, string path, RootedResolve m)
+    private static RootedOpenResult Open(string root, string path, RootedResolve m)
     {
         var r = RootedPath.OpenFile(root, path, out var h, m);
         h?.Dispose();
         return r;
     }
 
-    static string? Read(Layout l, string path, RootedResolve m) => ImageRoot.ReadText(l.Root, path, ImageRoot.MaxTextBytes, m);
+    private static string? Read(Layout l, string path, RootedResolve m) => ImageRoot.ReadText(l.Root, path, ImageRoot.MaxTextBytes, m);
 
     [Theory, MemberData(nameof(Methods))]
     public void AnAbsoluteDirectoryLinkToTheHostPathResolvesInsideTheRoot(bool walk)
@@ -194,10 +194,10 @@ public class ImageRootTests
     }
 
     [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "rename", SetLastError = true)]
-    static extern int rename_(string from, string to);
+    private static extern int rename_(string from, string to);
 
     // rename(2) itself: File.Move refuses a symlink to a directory.
-    static void Rename(string from, string to) =>
+    private static void Rename(string from, string to) =>
         Assert.True(rename_(from, to) == 0, $"rename {from} {to}: errno {System.Runtime.InteropServices.Marshal.GetLastPInvokeError()}");
 
     [Fact]

@@ -7,25 +7,25 @@ public class QemuLaunchTests
 {
     private static QemuLaunch Launch(string arch = "x86_64", bool kvm = false, QemuEnvironment? env = null,
         string? cacheDir = null, string? virtiofs = null, string? cpuModel = null, string workspace = "/ws") => new()
-    {
-        Arch = arch,
-        HostArch = "x86_64",
-        KvmUsable = kvm,
-        Cpus = 2,
-        MemoryKiB = 4L * 1024 * 1024,
-        CpuModel = cpuModel,
-        SshPort = 40022,
-        ControlPort = 40023,
-        KernelPath = "/k/vmlinux",
-        InitrdPath = "/t/initramfs.cpio",
-        DiskPath = "/t/disk.img",
-        RootfsTar = "/t/rootfs.tar",
-        WorkspaceDir = workspace,
-        CacheDir = cacheDir,
-        VirtiofsSocket = virtiofs,
-        ClientPublicKeyBase64 = "S0VZ",
-        Environment = env ?? QemuEnvironment.Read(_ => null),
-    };
+        {
+            Arch = arch,
+            HostArch = "x86_64",
+            KvmUsable = kvm,
+            Cpus = 2,
+            MemoryKiB = 4L * 1024 * 1024,
+            CpuModel = cpuModel,
+            SshPort = 40022,
+            ControlPort = 40023,
+            KernelPath = "/k/vmlinux",
+            InitrdPath = "/t/initramfs.cpio",
+            DiskPath = "/t/disk.img",
+            RootfsTar = "/t/rootfs.tar",
+            WorkspaceDir = workspace,
+            CacheDir = cacheDir,
+            VirtiofsSocket = virtiofs,
+            ClientPublicKeyBase64 = "S0VZ",
+            Environment = env ?? QemuEnvironment.Read(_ => null),
+        };
 
     private static string After(string[] args, string flag) => args[Array.IndexOf(args, flag) + 1];
 

@@ -1,5 +1,5 @@
-using MelangeRunner.HostProcess;
 using System.Diagnostics;
+using MelangeRunner.HostProcess;
 using MelangeRunner.Ssh;
 using Xunit;
 

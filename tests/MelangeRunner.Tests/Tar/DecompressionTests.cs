@@ -7,14 +7,14 @@ namespace MelangeRunner.Tests.Tar;
 /// <summary>Every decoder's failure is CorruptImage (InvalidData); the source's own failures pass through.</summary>
 public class DecompressionTests
 {
-    static byte[] Payload()
+    private static byte[] Payload()
     {
         var data = new byte[600_000];
         new Random(3).NextBytes(data.AsSpan(0, 300_000)); // half random, half compressible
         return TarTestUtil.BuildTar(w => w.File("f", Convert.ToBase64String(data)));
     }
 
-    static byte[] Compress(string tool, byte[] data)
+    private static byte[] Compress(string tool, byte[] data)
     {
         using var t = new TempTree();
         var input = t.PathOf("in");
@@ -24,7 +24,8 @@ public class DecompressionTests
         return File.ReadAllBytes(input + ext);
     }
 
-    static byte[] ReadToEnd(Stream s) { var ms = new MemoryStream(); s.CopyTo(ms); return ms.ToArray(); }
+    private static byte[] ReadToEnd(Stream s)
+    { var ms = new MemoryStream(); s.CopyTo(ms); return ms.ToArray(); }
 
     [Theory]
     [InlineData("gzip")]
@@ -79,9 +80,9 @@ public class DecompressionTests
         Assert.Equal("CorruptImage", Assert.Throws<MelangeException>(() => ReadToEnd(s)).ErrorId);
     }
 
-    sealed class FailingStream(byte[] data, int failAt) : Stream
+    private sealed class FailingStream(byte[] data, int failAt) : Stream
     {
-        int _pos;
+        private int _pos;
         public override bool CanRead => true;
         public override bool CanSeek => false;
         public override bool CanWrite => false;

@@ -7,7 +7,7 @@ namespace MelangeRunner.Tests.Tar;
 
 public class DirectoryTarWriterTests
 {
-    static string MakeTree(TempTree t)
+    private static string MakeTree(TempTree t)
     {
         string src = t.Dir("src");
         Directory.CreateDirectory(Path.Combine(src, "melange-out/pkg/usr/bin"));

@@ -15,7 +15,7 @@ public class HostileTarTests
     public static readonly string Evil = "/tmp/evil-" + Guid.NewGuid().ToString("N")[..8];
 
     // name → (tar builder, the entry the warning must name or null when no warning is expected)
-    static readonly Dictionary<string, (Action<TarWriter> Build, string? Warned)> s_cases = new()
+    private static readonly Dictionary<string, (Action<TarWriter> Build, string? Warned)> CaseTable = new()
     {
         ["absolute"] = (w => w.File(Evil, "x"), Evil),
         ["dotdot"] = (w => w.File("../sentinel/evil", "x"), "../sentinel/evil"),
@@ -36,13 +36,13 @@ public class HostileTarTests
         ["device-node"] = (w => w.WriteEntry(new PaxTarEntry(TarEntryType.BlockDevice, "dev/sda") { DeviceMajor = 8, DeviceMinor = 0 }), TarTestUtil.IsRoot ? null : "dev/sda"),
     };
 
-    public static IEnumerable<object[]> Cases => s_cases.Keys.Select(k => new object[] { k });
+    public static IEnumerable<object[]> Cases => CaseTable.Keys.Select(k => new object[] { k });
 
     [Theory]
     [MemberData(nameof(Cases))]
     public async Task NothingLandsOutside(string name)
     {
-        var (build, warned) = s_cases[name];
+        var (build, warned) = CaseTable[name];
         using var t = new TempTree();
         string dest = t.Dir("dest");
         string sentinel = t.Dir("sentinel");

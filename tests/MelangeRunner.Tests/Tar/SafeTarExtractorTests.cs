@@ -8,7 +8,7 @@ namespace MelangeRunner.Tests.Tar;
 
 public class SafeTarExtractorTests
 {
-    static async Task<(long Count, CollectingSink Sink)> Extract(byte[] tar, string dest, TarExtractOptions? options = null)
+    private static async Task<(long Count, CollectingSink Sink)> Extract(byte[] tar, string dest, TarExtractOptions? options = null)
     {
         var sink = new CollectingSink();
         long n = await SafeTarExtractor.ExtractAsync(new MemoryStream(tar), dest, options ?? new TarExtractOptions(), sink, CancellationToken.None);

@@ -48,7 +48,7 @@ public class TarPathTests
         Assert.Contains("255", Normalized("x/" + new string('\u00e9', 128))); // 256 bytes of UTF-8
     }
 
-    static string Normalized(string name)
+    private static string Normalized(string name)
     {
         Assert.Null(TarPath.Normalize(name, out string? reason));
         return reason!;
@@ -89,7 +89,7 @@ public class TarPathTests
 /// <summary>The extractor as the qemu export uses it (Workspace.ExportToDirectoryAsync → SafeTarExtractor), against what a hostile guest can send.</summary>
 public class HostileStreamTests
 {
-    static readonly TarExtractOptions ExportOptions = new() { PreserveOwners = false };
+    private static readonly TarExtractOptions ExportOptions = new() { PreserveOwners = false };
 
     [Fact]
     public async Task NulInPaxPathDoesNotReachTheParentOfTheDestination()
@@ -231,9 +231,9 @@ public class HostileStreamTests
         Assert.Equal("file now", File.ReadAllText(Path.Combine(dest, "d")));
     }
 
-    sealed class CancelAfter(Stream inner, long limit, CancellationTokenSource cts) : Stream
+    private sealed class CancelAfter(Stream inner, long limit, CancellationTokenSource cts) : Stream
     {
-        long _read;
+        private long _read;
         public bool Cancelled { get; private set; }
         public override int Read(byte[] buffer, int offset, int count)
         {
@@ -287,7 +287,7 @@ public static class RawTar
         return o.ToArray();
     }
 
-    static void Write(MemoryStream o, byte[] name, char type, uint mode, byte[] data)
+    private static void Write(MemoryStream o, byte[] name, char type, uint mode, byte[] data)
     {
         var h = new byte[512];
         name.CopyTo(h, 0);

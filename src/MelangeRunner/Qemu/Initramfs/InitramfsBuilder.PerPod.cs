@@ -1,11 +1,10 @@
-using MelangeRunner.HostProcess;
 using System.Diagnostics;
 using System.Globalization;
 using System.Security.Cryptography;
 using System.Text;
 using System.Text.RegularExpressions;
+using MelangeRunner.HostProcess;
 using MelangeRunner.Images;
-
 using MelangeRunner.Qemu.Kernel;
 
 namespace MelangeRunner.Qemu.Initramfs;

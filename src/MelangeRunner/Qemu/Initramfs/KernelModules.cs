@@ -214,10 +214,17 @@ public static class KernelModules
     /// </summary>
     public static readonly IReadOnlyDictionary<string, string> ConfigSymbols = new Dictionary<string, string>(StringComparer.Ordinal)
     {
-        ["virtio_pci"] = "CONFIG_VIRTIO_PCI", ["virtio_console"] = "CONFIG_VIRTIO_CONSOLE", ["virtio_rng"] = "CONFIG_HW_RANDOM_VIRTIO",
-        ["virtio_blk"] = "CONFIG_VIRTIO_BLK", ["virtio_net"] = "CONFIG_VIRTIO_NET", ["crc32c_generic"] = "CONFIG_CRYPTO_CRC32C",
-        ["ext4"] = "CONFIG_EXT4_FS", ["9pnet_virtio"] = "CONFIG_NET_9P_VIRTIO", ["9p"] = "CONFIG_9P_FS",
-        ["overlay"] = "CONFIG_OVERLAY_FS", ["virtiofs"] = "CONFIG_VIRTIO_FS",
+        ["virtio_pci"] = "CONFIG_VIRTIO_PCI",
+        ["virtio_console"] = "CONFIG_VIRTIO_CONSOLE",
+        ["virtio_rng"] = "CONFIG_HW_RANDOM_VIRTIO",
+        ["virtio_blk"] = "CONFIG_VIRTIO_BLK",
+        ["virtio_net"] = "CONFIG_VIRTIO_NET",
+        ["crc32c_generic"] = "CONFIG_CRYPTO_CRC32C",
+        ["ext4"] = "CONFIG_EXT4_FS",
+        ["9pnet_virtio"] = "CONFIG_NET_9P_VIRTIO",
+        ["9p"] = "CONFIG_9P_FS",
+        ["overlay"] = "CONFIG_OVERLAY_FS",
+        ["virtiofs"] = "CONFIG_VIRTIO_FS",
     };
 
     /// <summary>The guest's modules (of <see cref="ConfigSymbols"/>) that a kernel configuration builds in (=y).</summary>

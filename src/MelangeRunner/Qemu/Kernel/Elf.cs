@@ -84,7 +84,7 @@ internal static class Elf
         return false;
     }
 
-    static long Align4(uint v) => (v + 3L) & ~3L;
+    private static long Align4(uint v) => (v + 3L) & ~3L;
 
     /// <summary>The bytes of the named section of an ELF file in memory (e.g. ".modinfo" of a kernel module), or null.</summary>
     internal static byte[]? ReadSection(ReadOnlySpan<byte> elf, string sectionName)

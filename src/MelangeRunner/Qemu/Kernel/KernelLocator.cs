@@ -100,7 +100,7 @@ internal static class KernelLocator
             $"Run: {FetchCommand}, or set {KernelImageVariable} to a kernel image", arch);
     }
 
-    static KernelInfo Describe(string image, string arch, string source, string? cacheVersion, string? cacheEntry, QemuEnvironment environment, IEventSink events)
+    private static KernelInfo Describe(string image, string arch, string source, string? cacheVersion, string? cacheEntry, QemuEnvironment environment, IEventSink events)
     {
         bool x86 = arch is "x86_64" or "x86";
         string? version = VmlinuxExtractor.ReadVersion(image) ?? cacheVersion ?? VersionFromFileName(image) ?? VersionFromElf(image);
@@ -118,7 +118,7 @@ internal static class KernelLocator
         return new KernelInfo(bootPath, image, version, modules, isElf, source);
     }
 
-    static string? FindModules(string image, string? version, string? cacheEntry, string? given, IEventSink events)
+    private static string? FindModules(string image, string? version, string? cacheEntry, string? given, IEventSink events)
     {
         if (given is { Length: > 0 } && Directory.Exists(given))
         {
@@ -214,7 +214,7 @@ internal static class KernelLocator
     }
 
     /// <summary>"Linux version X " in an uncompressed kernel (ELF vmlinux, arm64 Image) of at most 256 MiB.</summary>
-    static string? VersionFromElf(string image)
+    private static string? VersionFromElf(string image)
     {
         try
         {
@@ -242,7 +242,7 @@ internal static class KernelLocator
         return null;
     }
 
-    static bool IsElfFile(string path)
+    private static bool IsElfFile(string path)
     {
         try
         {
@@ -253,7 +253,7 @@ internal static class KernelLocator
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return false; }
     }
 
-    static bool IsReadable(string path, out string error)
+    private static bool IsReadable(string path, out string error)
     {
         try
         {
@@ -265,7 +265,7 @@ internal static class KernelLocator
         catch (IOException e) { error = e.Message; return false; }
     }
 
-    static string ResolveFinal(string path)
+    private static string ResolveFinal(string path)
     {
         try { return File.ResolveLinkTarget(path, returnFinalTarget: true)?.FullName ?? path; }
         catch (IOException) { return path; }

@@ -169,7 +169,7 @@ public static class ModulesDep
     /// A modules.dep line's dependencies for <paramref name="rel"/>: all it needs, transitively, a
     /// module before the modules it needs (depmod's order: loading goes right to left).
     /// </summary>
-    static List<string> DepmodOrder(string rel, Func<string, IEnumerable<string>> directOf, IReadOnlyDictionary<string, string> byName)
+    private static List<string> DepmodOrder(string rel, Func<string, IEnumerable<string>> directOf, IReadOnlyDictionary<string, string> byName)
     {
         // Post-order DFS: dependencies before dependents; depmod lists the reverse.
         var post = new List<string>();
@@ -188,11 +188,11 @@ public static class ModulesDep
         return post;
     }
 
-    static bool IsModuleFile(string path) =>
+    private static bool IsModuleFile(string path) =>
         path.EndsWith(".ko", StringComparison.Ordinal) || path.EndsWith(".ko.xz", StringComparison.Ordinal) ||
         path.EndsWith(".ko.zst", StringComparison.Ordinal) || path.EndsWith(".ko.gz", StringComparison.Ordinal);
 
-    static string NameFromFile(string rel)
+    private static string NameFromFile(string rel)
     {
         string f = Path.GetFileName(rel);
         f = f[..f.IndexOf(".ko", StringComparison.Ordinal)];

@@ -1,8 +1,8 @@
-using MelangeRunner.HostProcess;
 using System.Buffers.Binary;
 using System.Diagnostics;
 using System.IO.Compression;
 using System.Security.Cryptography;
+using MelangeRunner.HostProcess;
 using MelangeRunner.Tar;
 using SharpCompress.Compressors.BZip2;
 using SharpCompress.Compressors.Xz;
@@ -79,7 +79,7 @@ public static class VmlinuxExtractor
         }
     }
 
-    static string? GetOrExtractCore(string source, IEventSink events)
+    private static string? GetOrExtractCore(string source, IEventSink events)
     {
         using var fs = new FileStream(source, FileMode.Open, FileAccess.Read, FileShare.Read, 1 << 16, FileOptions.None);
         Span<byte> magic = stackalloc byte[4];
@@ -166,14 +166,14 @@ public static class VmlinuxExtractor
         return null;
     }
 
-    static byte[] ReadHead(Stream s)
+    private static byte[] ReadHead(Stream s)
     {
         var b = new byte[4];
         s.Position = 0;
         return s.Read(b) == 4 ? b : Array.Empty<byte>();
     }
 
-    static string? Unextractable(string source, string negative, string reason, IEventSink events)
+    private static string? Unextractable(string source, string negative, string reason, IEventSink events)
     {
         events.Verbose($"Kernel: no ELF kernel can be extracted from {source}: {reason}; booting the compressed image.");
         try
@@ -208,7 +208,7 @@ public static class VmlinuxExtractor
         return (Path.Combine(cacheDir, hash + ".elf"), DateTime.MinValue);
     }
 
-    static bool IsWritableDirectory(string dir)
+    private static bool IsWritableDirectory(string dir)
     {
         try
         {
@@ -222,7 +222,7 @@ public static class VmlinuxExtractor
 
     internal sealed record Candidate(string Format, long Start, long InputLength, uint? ExpectedSize);
 
-    static readonly (string Format, byte[] Magic)[] s_magics =
+    private static readonly (string Format, byte[] Magic)[] Magics =
     {
         ("gzip", new byte[] { 0x1F, 0x8B, 0x08 }),
         ("xz", new byte[] { 0xFD, 0x37, 0x7A, 0x58, 0x5A, 0x00 }),
@@ -235,12 +235,12 @@ public static class VmlinuxExtractor
 
     internal static string? DetectFormat(ReadOnlySpan<byte> head)
     {
-        foreach (var (format, m) in s_magics)
+        foreach (var (format, m) in Magics)
             if (head.Length >= m.Length && head[..m.Length].SequenceEqual(m)) return format;
         return null;
     }
 
-    static List<Candidate> Candidates(FileStream fs, BzImage header)
+    private static List<Candidate> Candidates(FileStream fs, BzImage header)
     {
         var list = new List<Candidate>();
         if (header.PayloadStart is long start && header.PayloadLength is long len && len > 8)
@@ -292,7 +292,7 @@ public static class VmlinuxExtractor
         public abstract long Run(FileStream input, long start, long length, Stream output);
     }
 
-    static IEnumerable<Decoder> Decoders(string format)
+    private static IEnumerable<Decoder> Decoders(string format)
     {
         switch (format)
         {
@@ -328,7 +328,7 @@ public static class VmlinuxExtractor
         }
     }
 
-    sealed class ManagedDecoder(string name, Func<Stream, Stream> open) : Decoder
+    private sealed class ManagedDecoder(string name, Func<Stream, Stream> open) : Decoder
     {
         public override string Name => name;
 
@@ -349,7 +349,7 @@ public static class VmlinuxExtractor
         }
     }
 
-    sealed class ProcessDecoder(string program, params string[] args) : Decoder
+    private sealed class ProcessDecoder(string program, params string[] args) : Decoder
     {
         public override string Name => "the system's " + program;
 
@@ -390,10 +390,10 @@ public static class VmlinuxExtractor
     }
 
     /// <summary>A read-only view of the next <c>length</c> bytes of a stream (positioned by the caller); leaves it open.</summary>
-    sealed class SliceStream(Stream inner, long length) : Stream
+    private sealed class SliceStream(Stream inner, long length) : Stream
     {
-        readonly long _length = length;
-        long _left = length;
+        private readonly long _length = length;
+        private long _left = length;
         public override bool CanRead => true;
         public override bool CanSeek => false;
         public override bool CanWrite => false;
@@ -413,13 +413,13 @@ public static class VmlinuxExtractor
         public override void Write(byte[] buffer, int offset, int count) => throw new NotSupportedException();
     }
 
-    static string SafeReadAll(string path)
+    private static string SafeReadAll(string path)
     {
         try { return File.ReadAllText(path).Trim(); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return "reason unreadable"; }
     }
 
-    static void TryDelete(string path)
+    private static void TryDelete(string path)
     {
         try { File.Delete(path); } catch (Exception e) when (e is IOException or UnauthorizedAccessException) { }
     }

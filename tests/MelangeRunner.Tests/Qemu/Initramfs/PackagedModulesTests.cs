@@ -15,17 +15,17 @@ public sealed class PackagedModulesTests
     private readonly ITestOutputHelper _out;
     public PackagedModulesTests(ITestOutputHelper output) => _out = output;
 
-    const string Version = "6.1.0-99-test";
+    private const string Version = "6.1.0-99-test";
 
     /// <summary>An unpacked package: &lt;root&gt;/lib/modules/V and &lt;root&gt;/boot.</summary>
-    static string Package(InitramfsTemp t, string? without = null)
+    private static string Package(InitramfsTemp t, string? without = null)
     {
         var modules = FakeModuleTree.Write(t.PathOf($"pkg/lib/modules/{Version}"), without);
         Directory.CreateDirectory(t.PathOf("pkg/boot"));
         return modules;
     }
 
-    static string Base(InitramfsTemp t)
+    private static string Base(InitramfsTemp t)
     {
         var path = t.PathOf("base.cpio");
         using var f = File.Create(path);
@@ -37,11 +37,11 @@ public sealed class PackagedModulesTests
         return path;
     }
 
-    static string[] Listing(string tree) =>
+    private static string[] Listing(string tree) =>
         Directory.EnumerateFileSystemEntries(tree, "*", SearchOption.AllDirectories).Select(p => p + ":" + File.GetLastWriteTimeUtc(p).Ticks).Order(StringComparer.Ordinal).ToArray();
 
     /// <summary>The names in the archive appended to the base, and the load list's lines.</summary>
-    static (List<string> Names, string[] LoadList, long AppendedBytes) Appended(InitramfsTemp t, string basePath, string path)
+    private static (List<string> Names, string[] LoadList, long AppendedBytes) Appended(InitramfsTemp t, string basePath, string path)
     {
         var all = File.ReadAllBytes(path);
         var start = (int)((new FileInfo(basePath).Length + 3) / 4 * 4);

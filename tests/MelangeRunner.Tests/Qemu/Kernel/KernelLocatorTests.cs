@@ -10,11 +10,11 @@ namespace MelangeRunner.Tests.Kernel;
 [Collection("Environment")]
 public sealed class KernelLocatorTests : IDisposable
 {
-    const string VersionLine = "6.1.0-99-test (debian-kernel@lists.debian.org) #1 SMP Debian 6.1.999-1";
-    readonly TempDir _tmp = new();
-    readonly EnvScope _env = new();
-    readonly string _savedBoot = KernelLocator.BootKernelPath;
-    readonly string[] _savedRoots = KernelLocator.HostModuleRoots;
+    private const string VersionLine = "6.1.0-99-test (debian-kernel@lists.debian.org) #1 SMP Debian 6.1.999-1";
+    private readonly TempDir _tmp = new();
+    private readonly EnvScope _env = new();
+    private readonly string _savedBoot = KernelLocator.BootKernelPath;
+    private readonly string[] _savedRoots = KernelLocator.HostModuleRoots;
 
     public KernelLocatorTests()
     {
@@ -31,13 +31,13 @@ public sealed class KernelLocatorTests : IDisposable
         _tmp.Dispose();
     }
 
-    static byte[] BzImage(out byte[] elf)
+    private static byte[] BzImage(out byte[] elf)
     {
         elf = KernelTestData.Elf();
         return KernelTestData.BzImage(KernelTestData.Gzip(elf), (uint)elf.Length, VersionLine, appendSize: false);
     }
 
-    string CacheRoot => Path.Combine(_tmp.Combine("cache"), "melange-runner");
+    private string CacheRoot => Path.Combine(_tmp.Combine("cache"), "melange-runner");
 
     [Fact]
     public void KernelImageVariable_MissingFile_IsAnErrorNamingTheVariable()

@@ -55,7 +55,7 @@ internal static class KernelTestData
         return elf;
     }
 
-    static void WriteNote(Stream s, string name, uint type, byte[] desc)
+    private static void WriteNote(Stream s, string name, uint type, byte[] desc)
     {
         byte[] nm = Encoding.ASCII.GetBytes(name + "\0");
         Span<byte> h = stackalloc byte[12];
@@ -101,7 +101,8 @@ internal static class KernelTestData
         return img;
     }
 
-    static byte[] LE32(uint v) { var b = new byte[4]; BinaryPrimitives.WriteUInt32LittleEndian(b, v); return b; }
+    private static byte[] LE32(uint v)
+    { var b = new byte[4]; BinaryPrimitives.WriteUInt32LittleEndian(b, v); return b; }
 
     public static byte[] Gzip(byte[] data)
     {
@@ -186,7 +187,7 @@ internal sealed class RecordingSink : IEventSink
 /// <summary>Sets environment variables for the duration of a test and restores them.</summary>
 internal sealed class EnvScope : IDisposable
 {
-    readonly Dictionary<string, string?> _saved = new();
+    private readonly Dictionary<string, string?> _saved = new();
     public EnvScope Set(string name, string? value)
     {
         if (!_saved.ContainsKey(name)) _saved[name] = Environment.GetEnvironmentVariable(name);
@@ -301,7 +302,7 @@ internal static class FakeModuleTree
     }
 
     /// <summary>Compresses with the system's tool, as a distribution's kernel build does.</summary>
-    static byte[] Compress(byte[] data, string tool, params string[] args)
+    private static byte[] Compress(byte[] data, string tool, params string[] args)
     {
         var psi = new ProcessStartInfo(tool) { RedirectStandardInput = true, RedirectStandardOutput = true, UseShellExecute = false };
         foreach (var a in args) psi.ArgumentList.Add(a);

@@ -9,10 +9,10 @@ namespace MelangeRunner.Tests.Kernel;
 /// <summary>modules.dep written from the modules' .modinfo when a dpkg -x tree has none.</summary>
 public sealed class ModulesDepTests
 {
-    readonly ITestOutputHelper _out;
+    private readonly ITestOutputHelper _out;
     public ModulesDepTests(ITestOutputHelper output) => _out = output;
 
-    static readonly string[] GuestRoots = KernelModules.GuestModules.Select(m => m.Name).Concat(KernelModules.OnDemandModules.Select(m => m.Name)).ToArray();
+    private static readonly string[] GuestRoots = KernelModules.GuestModules.Select(m => m.Name).Concat(KernelModules.OnDemandModules.Select(m => m.Name)).ToArray();
 
     [Fact]
     public void Ensure_WritesTransitiveDependenciesInDepmodOrder()

@@ -6,7 +6,7 @@ namespace MelangeRunner.Tests.Kernel;
 /// <summary>Bzimage parsing and ELF extraction on synthetic kernels (in fake cache entries: no environment needed).</summary>
 public sealed class VmlinuxExtractorTests
 {
-    const string VersionLine = "6.1.0-99-test (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.999-1 (2026-01-01)";
+    private const string VersionLine = "6.1.0-99-test (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.999-1 (2026-01-01)";
 
     [Fact]
     public void ReadVersion_TakesTheFirstWordOfTheKernelVersionString()

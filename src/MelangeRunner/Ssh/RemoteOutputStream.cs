@@ -123,10 +123,20 @@ internal sealed class RemoteOutputStream : Stream
             if (!_exec.IsCompleted)
             {
                 // Stopped before the end: end the remote command's process group, then the channel.
-                try { _run.Cancel(); } catch (AggregateException) { }
-                if (!_watch.IsLost) _ = _process.KillAsync(_client);
+                // The kill needs the process id that the command announces on standard error, so
+                // the pipes stay open (and the stderr pump running) until the kill is sent: closing
+                // them first could lose an announcement still in flight, and the command with it.
+                _ = Task.Run(async () =>
+                {
+                    if (!_watch.IsLost) await _process.KillAsync(_client).ConfigureAwait(false);
+                    try { _run.Cancel(); } catch (AggregateException) { }
+                    GuestSsh.ClosePipes(_command);
+                });
             }
-            GuestSsh.ClosePipes(_command);
+            else
+            {
+                GuestSsh.ClosePipes(_command);
+            }
             _ = _exec.ContinueWith(_ =>
             {
                 _command.Dispose();

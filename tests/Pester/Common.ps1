@@ -176,3 +176,60 @@ function New-OciLayout {
     @{ schemaVersion = 2; manifests = @($descriptor) } | ConvertTo-Json -Depth 8 -Compress | Set-Content -LiteralPath (Join-Path $Dir 'index.json') -NoNewline
     $Dir
 }
+
+# Raw tar building for the hostile corpus (HostileImage.Tests.ps1, DockerHostile.Tests.ps1):
+# what System.Formats.Tar refuses to write (raw name bytes, .., NUL, PAX records of any kind).
+function Oct([string]$Digits) { [Convert]::ToInt32($Digits, 8) }
+
+# One ustar header block (512 bytes) for raw name bytes: what System.Formats.Tar cannot write
+# (names with invalid UTF-8).
+function New-Header([byte[]]$Name, [char]$Type, [long]$Size, [int]$Mode = 420, [byte[]]$Link = @()) {
+    $h = [byte[]]::new(512)
+    [Array]::Copy($Name, $h, $Name.Length)
+    $ascii = [Text.Encoding]::ASCII
+    $put = { param($text, $at) $b = $ascii.GetBytes($text); [Array]::Copy($b, 0, $h, $at, $b.Length) }
+    & $put ([Convert]::ToString($Mode, 8).PadLeft(7, '0')) 100
+    & $put '0000000' 108
+    & $put '0000000' 116
+    & $put ([Convert]::ToString($Size, 8).PadLeft(11, '0')) 124
+    & $put '14000000000' 136
+    $h[156] = [byte]$Type
+    if ($Link.Length) { [Array]::Copy($Link, 0, $h, 157, $Link.Length) }
+    & $put "ustar`0" 257
+    & $put '00' 263
+    for ($i = 148; $i -lt 156; $i++) { $h[$i] = 32 }
+    $sum = 0; foreach ($b in $h) { $sum += $b }
+    & $put (([Convert]::ToString($sum, 8).PadLeft(6, '0')) + "`0 ") 148
+    $h
+}
+
+# A tar from raw entries: @{ Name = [byte[]]; Type = '0'|'2'|'5'; Data = [byte[]]; Pax = @{ key = [byte[]] }; Mode }.
+function New-RawTar([string]$Path, [object[]]$Entries) {
+    $out = [IO.MemoryStream]::new()
+    $pad = { param([long]$n) if ($n % 512) { $z = [byte[]]::new(512 - $n % 512); $out.Write($z, 0, $z.Length) } }
+    foreach ($e in $Entries) {
+        if ($e.Pax) {
+            $records = [IO.MemoryStream]::new()
+            foreach ($k in $e.Pax.Keys) {
+                $body = [byte[]]([Text.Encoding]::UTF8.GetBytes(" $k=") + $e.Pax[$k] + [byte[]](10))
+                $len = $body.Length + 1
+                while (("$len").Length + $body.Length -ne $len) { $len = ("$len").Length + $body.Length }
+                $lb = [Text.Encoding]::ASCII.GetBytes("$len")
+                $records.Write($lb, 0, $lb.Length); $records.Write($body, 0, $body.Length)
+            }
+            $bytes = $records.ToArray()
+            $hdr = New-Header ([Text.Encoding]::ASCII.GetBytes('PaxHeaders/x')) 'x' $bytes.Length
+            $out.Write($hdr, 0, 512); $out.Write($bytes, 0, $bytes.Length); & $pad $bytes.Length
+        }
+        [byte[]]$data = @(); if ($e.Data) { $data = $e.Data }
+        [byte[]]$link = @(); if ($e.Link) { $link = $e.Link }
+        $mode = if ($e.Mode) { $e.Mode } else { Oct '644' }
+        $hdr = New-Header ([byte[]]$e.Name) ([char]$e.Type) $data.Length $mode $link
+        $out.Write($hdr, 0, 512); $out.Write($data, 0, $data.Length); & $pad $data.Length
+    }
+    $out.Write([byte[]]::new(1024), 0, 1024)
+    [IO.File]::WriteAllBytes($Path, $out.ToArray())
+    Get-Item $Path
+}
+
+function Bytes([string]$Text) { [Text.Encoding]::UTF8.GetBytes($Text) }

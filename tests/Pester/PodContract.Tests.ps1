@@ -470,6 +470,9 @@ Import-Module '$script:ModuleManifest'
 `$ws = `$pod.WorkspaceDir
 Remove-Module MelangeRunner
 '{0} {1}' -f `$pod.State, (Test-Path `$ws)
+# The image goes too: an engine's images are not under TMPDIR.
+Import-Module '$script:ModuleManifest'
+`$img | Remove-MelangeImage -Confirm:`$false
 "@
             $child = Invoke-ChildPwshFile -Script $script -Environment @{ TMPDIR = $tmp }
             $child.ExitCode | Should -Be 0 -Because "$($child.StdOut)$($child.StdErr)"

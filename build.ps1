@@ -102,6 +102,33 @@ function Get-NuGetPackageRoot {
     Join-Path ([Environment]::GetFolderPath('UserProfile')) '.nuget/packages'
 }
 
+# What a test run could leave behind: the module's temporary files and directories, its host
+# processes (qemu, virtiofsd, the reaper, bwrap), and the containers and images it made in a
+# Docker engine (by the labels the docker runner sets).
+function Get-MelangeLeftover {
+    $tmp = [IO.Path]::GetTempPath()
+    @(Get-ChildItem -LiteralPath $tmp -Filter 'melange-*' -Force -ErrorAction Ignore | ForEach-Object { "file $($_.FullName)" })
+    @(Get-ChildItem /proc -Directory -ErrorAction Ignore | Where-Object Name -Match '^\d+$' | ForEach-Object {
+            $cmd = (Get-Content -LiteralPath "/proc/$($_.Name)/cmdline" -Raw -ErrorAction Ignore) -replace "`0", ' '
+            if ($cmd -match '^\S*(qemu-system|virtiofsd|bwrap)\b|melange-reaper') { "process $($_.Name) $($cmd.Substring(0, [Math]::Min(120, $cmd.Length)))" }
+        })
+    if ((Get-Command docker -ErrorAction Ignore) -and (& docker version --format '{{.Server.Version}}' 2>$null)) {
+        @(& docker ps -aq --filter 'label=dev.chainguard.melange.runner-owner' 2>$null | ForEach-Object { "container $_" })
+        @(& docker images -q --filter 'label=dev.chainguard.melange.runner-import' 2>$null | ForEach-Object { "image $_" })
+    }
+}
+
+# What is there now and was not before the run, once clean-up that is still under way (a
+# reaper whose pwsh was killed by a test) has had 30 s to finish.
+function Wait-NoNewLeftover([string[]]$Before) {
+    $deadline = [DateTime]::UtcNow.AddSeconds(30)
+    while ($true) {
+        $new = @(Get-MelangeLeftover | Where-Object { $_ -notin $Before -and $_ -notmatch "melange-tests-$PID" })
+        if (-not $new -or [DateTime]::UtcNow -gt $deadline) { return $new }
+        Start-Sleep -Milliseconds 500
+    }
+}
+
 function Invoke-TestTask {
     Install-HostPackage $TestPackages
     Invoke-BuildTask
@@ -122,6 +149,8 @@ function Invoke-TestTask {
         Skipped = [int]$counters.notExecuted
     }
 
+    $leftoversBefore = Get-MelangeLeftover
+
     # Module tests (Pester), in this process: one pwsh start for the whole suite. The tests
     # run as a user's session would, not under this script's strict mode.
     Set-StrictMode -Off
@@ -141,8 +170,12 @@ function Invoke-TestTask {
         Remove-Item -Recurse -Force $env:MELANGE_TEST_TMP -ErrorAction Ignore
     }
 
-    $passed = $engine.Passed + $pester.PassedCount
-    $failed = $engine.Failed + $pester.FailedCount + $pester.FailedBlocksCount + $pester.FailedContainersCount
+    # Nothing left behind by the whole run: one more check, counted as a test.
+    $left = Wait-NoNewLeftover $leftoversBefore
+    if ($left) { Write-Host "FAILED: the test run left behind:`n  $($left -join "`n  ")" } else { Write-Host 'The test run left no temporary files, processes, containers or images behind.' }
+
+    $passed = $engine.Passed + $pester.PassedCount + [int](-not $left)
+    $failed = $engine.Failed + $pester.FailedCount + $pester.FailedBlocksCount + $pester.FailedContainersCount + [int][bool]$left
     $skipped = $engine.Skipped + $pester.SkippedCount
     Write-Host "engine (xunit): $($engine.Passed) passed, $($engine.Failed) failed, $($engine.Skipped) skipped"
     Write-Host "module (Pester): $($pester.PassedCount) passed, $($pester.FailedCount) failed, $($pester.SkippedCount) skipped"

@@ -21,6 +21,28 @@ internal static class TemplatePath
         if (env.BaseInitramfs is not null) return "QEMU_BASE_INITRAMFS names an initramfs whose init may not be MelangeRunner's";
         return null;
     }
+
+    /// <summary>Which path a start would take and why (Get-MelangePodPlan), without building anything.</summary>
+    public static string Describe(PodSpec spec, ImageInfo image, QemuEnvironment env, AcceleratorChoice accel, KernelInfo kernel, string? virtiofsSocket, string arch)
+    {
+        if (WhyCold(env, spec, virtiofsSocket, arch) is { } why) return $"cold boot ({why})";
+        if (HostCommand.FindOnPath(QemuCommand.Program(arch)) is not { } program) return "cold boot (qemu is not installed)";
+        if (Initramfs.InitramfsBuilder.CachedBasePath(arch, kernel.ModulesDir, env, NullEventSink.Instance) is not { } basePath)
+            return "restore from a template built at the first start (the base initramfs is not built yet)";
+        try
+        {
+            var launch = QemuLaunchPlanner.Plan(spec, image, env, accel, HostCapacity.Read(), new LaunchFiles(kernel.BootPath, "<template>", "<disk>", 0, 0, "", null, false));
+            var tsc = TemplateStore.HostTscKhz();
+            var key = TemplateStore.ComputeKey(program, launch, basePath, tsc);
+            return TemplateStore.Find(key, TemplateCommand.MemoryMiB(launch) * 1024 * 1024, out var missing) is { } t
+                ? $"restore from template {key} (reused; {t.Directory})"
+                : $"restore from template {key} (built at the first start: {missing})";
+        }
+        catch (TemplateException e)
+        {
+            return $"cold boot (no template: {e.Message})";
+        }
+    }
 }
 
 internal static partial class QemuBoot

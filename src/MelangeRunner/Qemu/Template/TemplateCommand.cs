@@ -28,6 +28,7 @@ internal static class TemplateCommand
         // Under TCG the guest's TSC runs at the host's rate; calibrated against the PM timer under
         // load it came out 1.5x too slow, and the template would bake that into every pod.
         if (tscKhz > 0 && !l.KvmUsable) parts.Add("tsc_early_khz=" + tscKhz.ToString(CultureInfo.InvariantCulture));
+        else if (l.TscKhz > 0 && !l.KvmUsable) parts.Add("tsc_early_khz=" + l.TscKhz.ToString(CultureInfo.InvariantCulture));
         return string.Join(' ', parts);
     }
 

@@ -29,6 +29,7 @@ internal static class TemplateStore
 {
     public const int FormatVersion = 1;
     private static readonly ConcurrentDictionary<string, string> Digests = new(StringComparer.Ordinal);
+    private static readonly Lazy<long> CachedTsc = new(ReadHostTscKhz);
 
     public static string Root => Path.Combine(HostCache.Root, "template");
 
@@ -114,7 +115,9 @@ internal static class TemplateStore
     });
 
     /// <summary>The host's TSC rate in kHz (the guest's under TCG), or 0 when unknown: /proc/cpuinfo on a host with a constant, known-frequency TSC.</summary>
-    public static long HostTscKhz()
+    public static long HostTscKhz() => CachedTsc.Value;
+
+    private static long ReadHostTscKhz()
     {
         try
         {

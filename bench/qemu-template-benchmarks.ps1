@@ -50,7 +50,7 @@ try {
     $env:QEMU_USE_TEMPLATE = '1'
 
     # 1. Build time.
-    $builds = foreach ($i in 1..$Builds) {
+    $buildTimes = foreach ($i in 1..$Builds) {
         $plan = $img | Get-MelangePodPlan
         if ($plan.StartPath -match 'template ([0-9a-f]{24})') { Remove-Item -Recurse -Force (Join-Path $templates $Matches[1]) -ErrorAction Ignore }
         $line = $null
@@ -74,7 +74,7 @@ try {
     $env:QEMU_USE_TEMPLATE = '1'
 
     # 4. Parallel restores.
-    $parallel = foreach ($n in $Parallel) {
+    $parallelRuns = foreach ($n in $Parallel) {
         $null = Wait-LowLoad
         $load = Get-LoadAverage
         $instances = foreach ($i in 1..$n) {
@@ -113,9 +113,9 @@ try {
         "| Start-MelangePod → Running, cold boot | $(& $fmt $cold.ModuleMedian) | $(($cold.ModuleMs | ForEach-Object { & $fmt $_ }) -join ' ') | $(& $fmt $cold.BaselineMedian) | $('{0:N2}' -f $cold.Ratio) |",
         "| warm: host preparation / qemu start → SSH banner / → guest ready / copy-in | $(& $fmt $warm.HostPrepMedian) / $(& $fmt $warm.BootMedian) / $(& $fmt $warm.LoginMedian) / $(& $fmt $warm.CopyInMedian) | | | |",
         "| cold: host preparation / qemu start → SSH banner / → guest ready / copy-in | $(& $fmt $cold.HostPrepMedian) / $(& $fmt $cold.BootMedian) / $(& $fmt $cold.LoginMedian) / $(& $fmt $cold.CopyInMedian) | | | |",
-        "| template build (in the first start) | $('{0:N1}' -f (Get-Median @($builds.TotalS))) | $(($builds | ForEach-Object { '{0:N1} (parked {1:N1})' -f $_.TotalS, $_.ParkedS }) -join ', ') | | |"
+        "| template build (in the first start) | $('{0:N1}' -f (Get-Median @($buildTimes.TotalS))) | $(($buildTimes | ForEach-Object { '{0:N1} (parked {1:N1})' -f $_.TotalS, $_.ParkedS }) -join ', ') | | |"
     )
-    foreach ($p in $parallel) {
+    foreach ($p in $parallelRuns) {
         $lines += "| $($p.N) restores at once: wall time until all Running | $('{0:N2}' -f $p.WallS) | each $(($p.StartS | ForEach-Object { '{0:N2}' -f $_ }) -join ' '); Pss per qemu $(($p.PssMiB | ForEach-Object { '{0:N0}' -f $_ }) -join ' ') MiB, Rss $(($p.RssMiB | ForEach-Object { '{0:N0}' -f $_ }) -join ' ') MiB; load $($p.Load) | | |"
     }
     $block = $lines -join "`n"
@@ -129,7 +129,7 @@ try {
         $text = $text.Substring(0, $i + $begin.Length) + "`n" + $block + "`n" + $text.Substring($j)
         [IO.File]::WriteAllText($doc, $text)
     }
-    if ($PassThru) { [pscustomobject]@{ Builds = $builds; Warm = $warm; Cold = $cold; Parallel = $parallel } }
+    if ($PassThru) { [pscustomobject]@{ Builds = $buildTimes; Warm = $warm; Cold = $cold; Parallel = $parallelRuns } }
 } finally {
     $env:QEMU_USE_TEMPLATE = $saved
     if ($img) { $img | Remove-MelangeImage -Confirm:$false }

@@ -87,6 +87,7 @@ internal static partial class QemuBoot
         try
         {
             await TemplateRestore.RestoreAsync(qemu, template, runDir, message, events, ct).ConfigureAwait(false);
+            TemplateStore.MarkUsed(template);
             return (launch, qemu);
         }
         catch (Exception e) when (e is TemplateException or IOException or System.Net.Sockets.SocketException)

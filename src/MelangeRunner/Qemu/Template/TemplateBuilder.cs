@@ -100,6 +100,7 @@ internal static class TemplateBuilder
                 File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);
             var final = TemplateStore.DirectoryFor(key);
             Directory.Move(tmp, final);
+            TemplateStore.PruneUnused(key, events);
             events.Verbose($"qemu: template {key}: built in {watch.Elapsed.TotalSeconds:F1} s (boot to parked {bootSeconds:F1} s, state {manifest.StateBytes} bytes)");
             return new VmTemplate(final, key);
         }

@@ -93,6 +93,30 @@ internal static class TemplateStore
         catch (UnauthorizedAccessException) { }
     }
 
+    /// <summary>How long a template may go unused before a build of another one removes it.</summary>
+    public static readonly TimeSpan UnusedLifetime = TimeSpan.FromDays(7);
+
+    /// <summary>A restore used the template: its directory's mtime says when (for <see cref="PruneUnused"/>).</summary>
+    public static void MarkUsed(VmTemplate t)
+    {
+        try { Directory.SetLastWriteTimeUtc(t.Directory, DateTime.UtcNow); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+
+    /// <summary>Removes the templates (and their lock files) not used for <see cref="UnusedLifetime"/>, except <paramref name="keep"/>.</summary>
+    public static void PruneUnused(string keep, IEventSink events)
+    {
+        foreach (var dir in Directory.EnumerateDirectories(Root))
+        {
+            var name = Path.GetFileName(dir);
+            if (name == keep || name.Contains('.', StringComparison.Ordinal)) continue;
+            if (DateTime.UtcNow - Directory.GetLastWriteTimeUtc(dir) < UnusedLifetime) continue;
+            Discard(name, events, $"not used for {UnusedLifetime.TotalDays:0} days");
+            try { File.Delete(Path.Combine(Root, name + ".lock")); } catch (IOException) { }
+        }
+    }
+
     /// <summary>sha256 of a file, computed once per process for each (path, size, mtime, inode).</summary>
     public static string FileDigest(string path)
     {

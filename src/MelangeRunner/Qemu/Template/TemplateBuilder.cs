@@ -93,7 +93,7 @@ internal static class TemplateBuilder
                 if (Directory.Exists(Path.Combine(tmp, dir))) Directory.Delete(Path.Combine(tmp, dir), recursive: true);
 
             var manifest = new TemplateManifest(TemplateStore.FormatVersion, key, ramBytes, new FileInfo(t.State).Length, new FileInfo(t.Initramfs).Length,
-                Sha256(t.Ram), Sha256(t.State), Sha256(t.Initramfs), DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), Math.Round(bootSeconds, 2),
+                DataSha256(t.Ram), Sha256(t.State), Sha256(t.Initramfs), DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), Math.Round(bootSeconds, 2),
                 TemplateCommand.Build(TemplateCommand.Placeholders(podLaunch), "<ram>", share: false, "<netdev>", "<run>", tscKhz));
             File.WriteAllText(t.Manifest, JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }));
             foreach (var file in new[] { t.Ram, t.State, t.Initramfs, t.Manifest })
@@ -162,6 +162,42 @@ internal static class TemplateBuilder
 
     internal static JsonObject IgnoreShared() =>
         new() { ["capabilities"] = new JsonArray(new JsonObject { ["capability"] = "x-ignore-shared", ["state"] = true }) };
+
+    /// <summary>
+    /// The digest of a sparse file's data: sha256 over, for each data extent (SEEK_DATA/SEEK_HOLE),
+    /// its offset and length (8 bytes each, little-endian) and its bytes. The RAM file is the pod's
+    /// memory size (4 GiB by default) but holds ~0.2 GB of data: hashing only that takes a fraction
+    /// of a second instead of ~7 s.
+    /// </summary>
+    internal static string DataSha256(string path)
+    {
+        using var handle = File.OpenHandle(path, FileMode.Open, FileAccess.Read);
+        var fd = (int)handle.DangerousGetHandle();
+        var size = RandomAccess.GetLength(handle);
+        using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        var buffer = new byte[1 << 20];
+        var header = new byte[16];
+        long pos = 0;
+        while (pos < size)
+        {
+            var data = Native.Libc.SeekData(fd, pos);
+            if (data < 0) break; // ENXIO: only a hole is left
+            var hole = Native.Libc.SeekHole(fd, data);
+            if (hole < 0) hole = size;
+            BitConverter.TryWriteBytes(header.AsSpan(0, 8), data);
+            BitConverter.TryWriteBytes(header.AsSpan(8, 8), hole - data);
+            h.AppendData(header);
+            for (var o = data; o < hole;)
+            {
+                var n = RandomAccess.Read(handle, buffer.AsSpan(0, (int)Math.Min(buffer.Length, hole - o)), o);
+                if (n <= 0) break;
+                h.AppendData(buffer, 0, n);
+                o += n;
+            }
+            pos = hole;
+        }
+        return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant();
+    }
 
     private static string Sha256(string path)
     {

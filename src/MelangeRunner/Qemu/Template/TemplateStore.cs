@@ -16,7 +16,7 @@ internal sealed record VmTemplate(string Directory, string Key)
     public string Manifest => Path.Combine(Directory, "manifest.json");
 }
 
-/// <summary>What a template records at build: its key, its files' sizes and sha256s.</summary>
+/// <summary>What a template records at build: its key, its files' sizes and sha256s (of the RAM file: of its data extents, <see cref="TemplateBuilder.DataSha256"/>).</summary>
 internal sealed record TemplateManifest(int Format, string Key, long RamBytes, long StateBytes, long InitramfsBytes,
     string RamSha256, string StateSha256, string InitramfsSha256, string Built, double BootSeconds, string[] Arguments);
 

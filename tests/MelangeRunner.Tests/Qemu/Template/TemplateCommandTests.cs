@@ -91,3 +91,30 @@ public class TemplateCommandTests
         Assert.NotEqual(Encoding.ASCII.GetString(m.Encode("n")).Split('\n')[2], Encoding.ASCII.GetString(m.Encode("n")).Split('\n')[2]);
     }
 }
+
+public class TemplateDigestTests
+{
+    [Fact]
+    public void TheRamDigestCoversTheDataExtentsAndTheirPlaces()
+    {
+        var dir = Directory.CreateTempSubdirectory("melange-digest-").FullName;
+        try
+        {
+            string Make(string name, long at, byte value, long size = 64L << 20)
+            {
+                var p = Path.Combine(dir, name);
+                using var f = new FileStream(p, FileMode.Create);
+                f.SetLength(size);
+                f.Position = at;
+                f.Write(Enumerable.Repeat(value, 8192).ToArray());
+                return p;
+            }
+            var a = TemplateBuilder.DataSha256(Make("a", 1 << 20, 7));
+            Assert.Matches("^[0-9a-f]{64}$", a);
+            Assert.Equal(a, TemplateBuilder.DataSha256(Make("b", 1 << 20, 7)));
+            Assert.NotEqual(a, TemplateBuilder.DataSha256(Make("c", 1 << 20, 8)));
+            Assert.NotEqual(a, TemplateBuilder.DataSha256(Make("d", 2 << 20, 7)));
+        }
+        finally { Directory.Delete(dir, recursive: true); }
+    }
+}

@@ -49,7 +49,7 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $script:pod.ControlClient.User | Should -Be 'root'
     }
 
-    It 'keeps the guest clock at the host''s, at the host''s rate (tsc_early_khz under TCG: docs/microvm.md#pitfall-12)' {
+    It 'keeps the guest clock at the host''s, at the host''s rate (tsc_early_khz under TCG: docs/microvm.md#clock)' {
         $h0 = [DateTimeOffset]::UtcNow.ToUnixTimeMilliseconds() / 1000
         $r = $script:pod.ControlClient.Run('date +%s; sleep 10; date +%s')
         $h1 = [DateTimeOffset]::UtcNow.ToUnixTimeMilliseconds() / 1000

@@ -35,7 +35,7 @@ internal sealed record QemuLaunch
     /// <summary>
     /// The host's TSC rate in kHz under TCG (0: unknown, or KVM): passed as tsc_early_khz, since
     /// without PIT and HPET the guest calibrates its TSC against the ACPI PM timer, which under
-    /// load comes out wrong (docs/microvm.md#pitfall-12).
+    /// load comes out wrong (docs/microvm.md#clock).
     /// </summary>
     public long TscKhz { get; init; }
 

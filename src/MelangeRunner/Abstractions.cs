@@ -78,6 +78,9 @@ public sealed class PodPlan
     public string? Accelerator { get; init; }
     public string? AcceleratorReason { get; init; }
 
+    /// <summary>qemu: how a start would get a running guest: "restore from template …" or "cold boot (why)".</summary>
+    public string? StartPath { get; init; }
+
     /// <summary>docker: the container create request as the engine receives it (JSON), and the engine's address.</summary>
     public string? CreateRequest { get; init; }
     public string? Endpoint { get; init; }

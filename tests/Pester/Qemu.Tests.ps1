@@ -49,6 +49,18 @@ Describe 'A qemu pod' -Skip:$noQemu {
         $script:pod.ControlClient.User | Should -Be 'root'
     }
 
+    It 'keeps the guest clock at the host''s, at the host''s rate (tsc_early_khz under TCG: docs/microvm.md#clock)' {
+        $h0 = [DateTimeOffset]::UtcNow.ToUnixTimeMilliseconds() / 1000
+        $r = $script:pod.ControlClient.Run('date +%s; sleep 10; date +%s')
+        $h1 = [DateTimeOffset]::UtcNow.ToUnixTimeMilliseconds() / 1000
+        $r.ExitCode | Should -Be 0
+        $g = $r.Output.Trim() -split '\s+' | ForEach-Object { [double]$_ }
+        $g[0] | Should -BeGreaterOrEqual ([math]::Floor($h0) - 2)
+        $g[1] | Should -BeLessOrEqual ([math]::Ceiling($h1) + 1)
+        ($g[1] - $g[0]) | Should -BeLessOrEqual ([math]::Ceiling($h1 - $h0) + 1)
+        ($g[1] - $g[0]) | Should -BeGreaterOrEqual 9
+    }
+
     It 'never shows key material, formatted or as JSON' {
         $json = $script:pod | ConvertTo-Json -Depth 6 -WarningAction SilentlyContinue
         $text = ($script:pod | Format-List * | Out-String) + ($script:pod | Format-Table | Out-String)

@@ -209,6 +209,12 @@ public static unsafe class Libc
     /// <summary>Moves the file offset forward without writing: the skipped range stays a hole. Returns 0 or the errno.</summary>
     public static int SkipForward(int fd, long count) => lseek_(fd, count, 1 /* SEEK_CUR */) >= 0 ? 0 : Errno;
 
+    /// <summary>lseek(2) SEEK_DATA: the next offset at or after <paramref name="offset"/> that holds data, or -1 (ENXIO: none).</summary>
+    public static long SeekData(int fd, long offset) => lseek_(fd, offset, 3 /* SEEK_DATA */);
+
+    /// <summary>lseek(2) SEEK_HOLE: the next hole at or after <paramref name="offset"/> (the end of the file counts as one), or -1.</summary>
+    public static long SeekHole(int fd, long offset) => lseek_(fd, offset, 4 /* SEEK_HOLE */);
+
     public static int FTruncate(int fd, long length) => ftruncate_(fd, length) == 0 ? 0 : Errno;
 
     public static int FSetTimes(int fd, long seconds, long nanoseconds)

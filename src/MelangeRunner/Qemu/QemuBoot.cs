@@ -15,7 +15,7 @@ internal sealed class KvmBootFailed(string message) : Exception(message);
 /// scratch disk, virtiofsd, qemu, the SSH banner, the log-ins, the guest's init, the copy-in.
 /// A failure leaves what was made in the runtime, for <see cref="QemuPodRuntime.CleanUpAsync"/>.
 /// </summary>
-internal static class QemuBoot
+internal static partial class QemuBoot
 {
     private static readonly TimeSpan SshConnectTimeout = TimeSpan.FromSeconds(30);
 
@@ -48,9 +48,6 @@ internal static class QemuBoot
 
         Step("Preparing the initramfs", 1);
         var baseInitramfs = await InitramfsBuilder.GetBaseAsync(arch, kernel.ModulesDir, events, ct, env).ConfigureAwait(false);
-        state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
-            hostKey.AuthorizedKeysLine, env.KernelModules, env.BaseInitramfs is null ? kernel.ModulesDir : null, events, ct).ConfigureAwait(false);
-        state.Watch(state.InitramfsPath, Reaper.WatchPath(state.InitramfsPath, secret: true));
 
         (state.DiskPath, var scratchFormatted) = ScratchDisk.Create(QemuLaunchPlanner.DisksDirectory(env), config.Disk is { Length: > 0 } d ? d : QemuRunner.DefaultDiskSize, events);
         state.Watch(state.DiskPath, Reaper.WatchPath(state.DiskPath));
@@ -62,18 +59,46 @@ internal static class QemuBoot
                 await VirtiofsdProcess.StartAsync(VirtiofsdProcess.Find(env), config.CacheDir, state.Started, events, ct).ConfigureAwait(false);
         }
 
-        var launch = QemuLaunchPlanner.Plan(config, state.Image, env, accel, HostCapacity.Read(), new LaunchFiles(kernel.BootPath, state.InitramfsPath, state.DiskPath,
-            QemuLaunchPlanner.FreePort(), QemuLaunchPlanner.FreePort(), Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")),
-            state.VirtiofsSocket, scratchFormatted));
-        state.SshPort = launch.SshPort;
-        state.ControlPort = launch.ControlPort;
-        events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)} ({accel.Reason})");
-        // Refused here rather than booted into an empty console: the guest unpacks its initramfs into a tmpfs of half its RAM.
-        var initramfsBytes = InitramfsBuilder.CheckFitsInMemory(state.InitramfsPath, launch.MemoryKiB);
+        // Two ways to a running guest: restored from a template (when one fits), else a cold boot.
+        QemuLaunch launch;
+        QemuProcess qemu;
+        long initramfsBytes;
+        var restored = TemplatePath.WhyCold(env, config, state.VirtiofsSocket, arch) is { } whyCold
+            ? Cold(whyCold)
+            : await TryRestoreAsync(state, program, accel, kernel, baseInitramfs, scratchFormatted, hostKey, events, ct).ConfigureAwait(false);
+        if (restored is { } r)
+        {
+            (launch, qemu) = r;
+            state.SshPort = launch.SshPort;
+            state.ControlPort = launch.ControlPort;
+            initramfsBytes = new FileInfo(launch.InitrdPath).Length;
+            Step("Booting the VM", 2);
+        }
+        else
+        {
+            state.InitramfsPath = await InitramfsBuilder.InjectRuntimeDataAsync(baseInitramfs, hostKey.OpenSshPrivateKey,
+                hostKey.AuthorizedKeysLine, env.KernelModules, env.BaseInitramfs is null ? kernel.ModulesDir : null, events, ct).ConfigureAwait(false);
+            state.Watch(state.InitramfsPath, Reaper.WatchPath(state.InitramfsPath, secret: true));
 
-        Step("Booting the VM", 2);
-        var qemu = QemuProcess.Start(program, QemuCommand.Build(launch), events);
-        state.Started(qemu);
+            launch = QemuLaunchPlanner.Plan(config, state.Image, env, accel, HostCapacity.Read(), new LaunchFiles(kernel.BootPath, state.InitramfsPath, state.DiskPath,
+                QemuLaunchPlanner.FreePort(), QemuLaunchPlanner.FreePort(), Convert.ToBase64String(Encoding.ASCII.GetBytes(state.ClientKey.AuthorizedKeysLine + "\n")),
+                state.VirtiofsSocket, scratchFormatted));
+            state.SshPort = launch.SshPort;
+            state.ControlPort = launch.ControlPort;
+            events.Verbose($"qemu: VM resources: arch={launch.Arch} cpus={launch.Cpus} memory={launch.MemoryKiB / 1024}MiB accel={QemuCommand.Accelerator(launch)} ({accel.Reason})");
+            // Refused here rather than booted into an empty console: the guest unpacks its initramfs into a tmpfs of half its RAM.
+            initramfsBytes = InitramfsBuilder.CheckFitsInMemory(state.InitramfsPath, launch.MemoryKiB);
+
+            Step("Booting the VM", 2);
+            qemu = QemuProcess.Start(program, QemuCommand.Build(launch), events);
+            state.Started(qemu);
+        }
+
+        (QemuLaunch, QemuProcess)? Cold(string why)
+        {
+            events.Verbose($"qemu: start path: cold boot ({why})");
+            return null;
+        }
 
         var kernelVersionHint = kernel.Version ?? Path.GetFileName(kernel.BootPath);
         var deadline = config.Timeout > TimeSpan.Zero && config.Timeout < QemuRunner.DefaultBootTimeout ? config.Timeout : QemuRunner.DefaultBootTimeout;

@@ -32,6 +32,13 @@ internal sealed record QemuLaunch
     /// <summary>A chatty kernel (debug loglevel=7) instead of quiet.</summary>
     public bool KernelDebug { get; init; }
 
+    /// <summary>
+    /// The host's TSC rate in kHz under TCG (0: unknown, or KVM): passed as tsc_early_khz, since
+    /// without PIT and HPET the guest calibrates its TSC against the ACPI PM timer, which under
+    /// load comes out wrong (docs/microvm.md#clock).
+    /// </summary>
+    public long TscKhz { get; init; }
+
     /// <summary>The host formatted the scratch disk as ext4 (melange.scratch=ext4): the guest only mounts it.</summary>
     public bool ScratchFormatted { get; init; }
 }
@@ -63,6 +70,7 @@ internal static class QemuCommand
         parts.Add("sshkey=" + l.ClientPublicKeyBase64);
         parts.Add("melange_qemu_runner=1");
         if (l.Environment.Testing is { } testing) parts.Add("melange.testing=" + testing.ToString(CultureInfo.InvariantCulture));
+        if (l.TscKhz > 0 && !l.KvmUsable) parts.Add("tsc_early_khz=" + l.TscKhz.ToString(CultureInfo.InvariantCulture));
         return string.Join(' ', parts);
     }
 

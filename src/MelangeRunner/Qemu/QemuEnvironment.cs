@@ -18,6 +18,9 @@ internal sealed partial class QemuEnvironment
     public bool UseVirtiofs { get; init; }
     public string? VirtiofsPath { get; init; }
 
+    /// <summary>QEMU_USE_TEMPLATE: start pods by restoring a booted template VM (docs/microvm.md#templates) when one fits.</summary>
+    public bool UseTemplate { get; init; }
+
     /// <summary>The SLIRP network from QEMU_NET_CIDR (normalised), or null for qemu's 10.0.2.0/24.</summary>
     public SlirpNetwork? Network { get; init; }
 
@@ -51,6 +54,7 @@ internal sealed partial class QemuEnvironment
             DisksPath = Value("QEMU_DISKS_PATH"),
             UseVirtiofs = Value("QEMU_USE_VIRTIOFS") is { } v && ParseBool(v),
             VirtiofsPath = Value("QEMU_VIRTIOFS_PATH"),
+            UseTemplate = Value("QEMU_USE_TEMPLATE") is { } tpl && ParseBool(tpl),
             Network = Value("QEMU_NET_CIDR") is { } cidr ? SlirpNetwork.Parse(cidr) : null,
             DnsSearch = get("QEMU_DNS_SEARCH") is { } dns ? ParseDnsSearch(dns) : Array.Empty<string>(),
             Testing = testing,

@@ -53,6 +53,7 @@ internal static class QemuLaunchPlanner
         Environment = env,
         KernelDebug = env.Testing is not null,
         ScratchFormatted = files.ScratchFormatted,
+        TscKhz = accel.Accelerator == AcceleratorChoice.Kvm ? 0 : Template.TemplateStore.HostTscKhz(),
     };
 
     public static PodPlan ToPlan(QemuLaunch launch, AcceleratorChoice accel) => new()

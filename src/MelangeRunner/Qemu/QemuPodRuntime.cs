@@ -39,6 +39,9 @@ internal sealed class QemuPodRuntime : IInteractivePodRuntime
     public string? VirtiofsSocket { get; set; }
     public string? InitramfsPath { get; set; }
     public string? DiskPath { get; set; }
+
+    /// <summary>A restored pod's QMP and control sockets (a private directory), or null.</summary>
+    public string? RunDir { get; set; }
     public SshKeyPair? ClientKey { get; set; }
     public byte[]? HostKeyBlob { get; set; }
     public int SshPort { get; set; }
@@ -82,6 +85,25 @@ internal sealed class QemuPodRuntime : IInteractivePodRuntime
         _virtiofsdPid = virtiofsd.Id;
         Watch("virtiofsd", Reaper.Watch(virtiofsd.Process));
         Watch(virtiofsd.Socket, Reaper.WatchPath(virtiofsd.Socket));
+    }
+
+    /// <summary>A restore that failed: its qemu goes (the pod cold-boots next, in this runtime).</summary>
+    public async Task DropQemuAsync(IEventSink events)
+    {
+        if (Qemu is { } qemu)
+        {
+            qemu.Kill();
+            await qemu.StopAsync(events).ConfigureAwait(false);
+            qemu.Dispose();
+            Qemu = null;
+            Unwatch("qemu");
+        }
+        if (RunDir is { } runDir)
+        {
+            if (Directory.Exists(runDir)) Directory.Delete(runDir, recursive: true);
+            Unwatch(runDir);
+            RunDir = null;
+        }
     }
 
     /// <summary>The guest console's last lines (of the last qemu this runtime started).</summary>
@@ -214,6 +236,8 @@ internal sealed class QemuPodRuntime : IInteractivePodRuntime
         InitramfsPath = null;
         foreach (var path in new[] { DiskPath, VirtiofsSocket })
             if (path is not null && File.Exists(path)) File.Delete(path);
+        if (RunDir is { } runDir && Directory.Exists(runDir)) Directory.Delete(runDir, recursive: true);
+        RunDir = null;
         DiskPath = null;
         VirtiofsSocket = null;
         ClientKey?.Dispose();

@@ -16,6 +16,7 @@ internal sealed class QemuProcess : IDisposable
     private readonly ConcurrentQueue<string> _qemuErrors = new();
     private readonly Stopwatch _sinceGuestOutput = Stopwatch.StartNew();
     private readonly Process _process;
+    private readonly ConcurrentDictionary<string, TaskCompletionSource> _awaited = new(StringComparer.Ordinal);
     private volatile IEventSink? _consoleSink;
 
     private QemuProcess(Process process) => _process = process;
@@ -60,6 +61,10 @@ internal sealed class QemuProcess : IDisposable
     /// <summary>Time since the guest's last console line (or since qemu started).</summary>
     public TimeSpan GuestQuietFor { get { lock (_sinceGuestOutput) return _sinceGuestOutput.Elapsed; } }
 
+    /// <summary>Completes when a guest console line contains <paramref name="text"/> (from now on).</summary>
+    public Task ConsoleLineAsync(string text) =>
+        _awaited.GetOrAdd(text, _ => new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously)).Task;
+
     public string QemuErrorTail() => string.Join(" | ", _qemuErrors);
 
     public string ConsoleTail() => _console.IsEmpty ? "  (nothing)" : string.Join(Environment.NewLine, _console.Select(l => "  " + l));
@@ -95,6 +100,8 @@ internal sealed class QemuProcess : IDisposable
         {
             GuestSaidNothing = false;
             RestartQuietClock();
+            foreach (var (text, seen) in _awaited)
+                if (line.Contains(text, StringComparison.Ordinal)) seen.TrySetResult();
         }
         _console.Enqueue(line);
         while (_console.Count > ConsoleLinesKept) _console.TryDequeue(out _);

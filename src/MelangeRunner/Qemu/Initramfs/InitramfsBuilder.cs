@@ -191,6 +191,17 @@ public static partial class InitramfsBuilder
         return path;
     }
 
+    /// <summary>The cached base initramfs that a start would use, without building it: null when there is none yet (or QEMU_BASE_INITRAMFS names one).</summary>
+    internal static string? CachedBasePath(string arch, string? modulesDir, QemuEnvironment env, IEventSink events)
+    {
+        if (env.BaseInitramfs is not null) return null;
+        arch = CheckArch(arch);
+        var inputs = CacheInputsFor(arch, modulesDir, AdditionalPackages(MicrovmConfig.Default(), events, env), events);
+        var path = Path.Combine(HostCache.Initramfs(arch), $"base-{ComputeCacheKey(inputs)}.cpio");
+        var info = new FileInfo(path);
+        return info.Exists && DateTime.UtcNow - info.LastWriteTimeUtc < CacheLifetime ? path : null;
+    }
+
     private static void PruneCache(string dir, string keep, IEventSink events)
     {
         foreach (var f in Directory.EnumerateFiles(dir, "base-*"))

@@ -110,6 +110,9 @@ function Get-MelangeLeftover {
     @(Get-ChildItem -LiteralPath $tmp -Filter 'melange-*' -Force -ErrorAction Ignore | ForEach-Object { "file $($_.FullName)" })
     @(Get-ChildItem /proc -Directory -ErrorAction Ignore | Where-Object Name -Match '^\d+$' | ForEach-Object {
             $cmd = (Get-Content -LiteralPath "/proc/$($_.Name)/cmdline" -Raw -ErrorAction Ignore) -replace "`0", ' '
+            # This process's own reaper lives as long as this process does.
+            $parent = ((Get-Content -LiteralPath "/proc/$($_.Name)/status" -ErrorAction Ignore) -match '^PPid:') -replace '\D', ''
+            if ("$parent" -eq "$PID") { return }
             if ($cmd -match '^\S*(qemu-system|virtiofsd|bwrap)\b|melange-reaper') { "process $($_.Name) $($cmd.Substring(0, [Math]::Min(120, $cmd.Length)))" }
         })
     if ((Get-Command docker -ErrorAction Ignore) -and (& docker version --format '{{.Server.Version}}' 2>$null)) {
@@ -172,7 +175,11 @@ function Invoke-TestTask {
 
     # Nothing left behind by the whole run: one more check, counted as a test.
     $left = Wait-NoNewLeftover $leftoversBefore
-    if ($left) { Write-Host "FAILED: the test run left behind:`n  $($left -join "`n  ")" } else { Write-Host 'The test run left no temporary files, processes, containers or images behind.' }
+    if ($left) {
+        Write-Host "FAILED: the test run left behind:`n  $($left -join "`n  ")"
+        # A pod a test never stopped holds its workspace until this process exits.
+        try { foreach ($p in @(Get-MelangePod | Where-Object State -NE 'Stopped')) { Write-Host "  (a pod still $($p.State): $($p.Id), $($p.Runner), workspace $($p.WorkspaceDir))" } } catch { }
+    } else { Write-Host 'The test run left no temporary files, processes, containers or images behind.' }
 
     $passed = $engine.Passed + $pester.PassedCount + [int](-not $left)
     $failed = $engine.Failed + $pester.FailedCount + $pester.FailedBlocksCount + $pester.FailedContainersCount + [int][bool]$left

@@ -220,7 +220,9 @@ Describe 'PowerShell killed during Export-MelangeWorkspace' -Skip:$noBwrap {
         $ws = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "export-kill-ws-$($Form.TrimStart('-'))")).FullName
         $null = New-Item -ItemType Directory -Force (Join-Path $ws 'melange-out/pkg')
         $null = & truncate -s $Size (Join-Path $ws 'melange-out/pkg/big')
-        $child = Start-ChildPwsh -Script @"
+        # The child's image outlives its kill by design (Get-MelangeImage finds it): keep it in TestDrive.
+        $tmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "export-kill-tmp-$($Form.TrimStart('-'))")).FullName
+        $child = Start-ChildPwsh -TempDirectory $tmp -Script @"
 `$ErrorActionPreference = 'Stop'
 Import-Module '$script:ModuleManifest'
 `$img = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner bubblewrap

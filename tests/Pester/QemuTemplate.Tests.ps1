@@ -201,7 +201,9 @@ Describe 'The cold-boot fallbacks and rebuilds' -Skip:$noQemu {
 Describe 'Interrupted restores and builds leave nothing behind' -Skip:$noQemu {
     It 'kill -9 of pwsh during a restore ends its qemu and removes its files' {
         $null = Start-TemplatePod | ForEach-Object { $_.Pod | Stop-MelangePod } # the template exists
-        $child = Start-ChildPwsh -Script "`$env:QEMU_USE_TEMPLATE='1'; Import-Module '$($script:ModuleManifest)'; `$i = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner qemu; `$i | Start-MelangePod -Memory 1Gi -Cpu 2 -Verbose 4>&1 | ForEach-Object { [Console]::Out.WriteLine(`"`$_`"); [Console]::Out.Flush() }"
+        # The child's image outlives its kill by design (Get-MelangeImage finds it): keep it in TestDrive.
+        $childTmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "child-tmp-$([guid]::NewGuid().ToString('n'))")).FullName
+        $child = Start-ChildPwsh -TempDirectory $childTmp -Script "`$env:QEMU_USE_TEMPLATE='1'; Import-Module '$($script:ModuleManifest)'; `$i = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner qemu; `$i | Start-MelangePod -Memory 1Gi -Cpu 2 -Verbose 4>&1 | ForEach-Object { [Console]::Out.WriteLine(`"`$_`"); [Console]::Out.Flush() }"
         try {
             $line = Wait-ChildLine -Process $child -Pattern 'Running: .*-incoming defer'
             $runDir = [regex]::Match($line, '/[^ ,]*melange-restore-[0-9a-f]+').Value
@@ -235,7 +237,9 @@ Describe 'Interrupted restores and builds leave nothing behind' -Skip:$noQemu {
 
     It 'kill -9 of pwsh during a template build ends the template VM and removes the half-built template' {
         # Inputs no other test uses (so the template is built now): 1 vCPU, 640 MiB.
-        $child = Start-ChildPwsh -Script "`$env:QEMU_USE_TEMPLATE='1'; Import-Module '$($script:ModuleManifest)'; `$i = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner qemu; `$i | Start-MelangePod -Memory 640Mi -Cpu 1 -Verbose 4>&1 | ForEach-Object { [Console]::Out.WriteLine(`"`$_`"); [Console]::Out.Flush() }"
+        # The child's image outlives its kill by design (Get-MelangeImage finds it): keep it in TestDrive.
+        $childTmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive "child-tmp-$([guid]::NewGuid().ToString('n'))")).FullName
+        $child = Start-ChildPwsh -TempDirectory $childTmp -Script "`$env:QEMU_USE_TEMPLATE='1'; Import-Module '$($script:ModuleManifest)'; `$i = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner qemu; `$i | Start-MelangePod -Memory 640Mi -Cpu 1 -Verbose 4>&1 | ForEach-Object { [Console]::Out.WriteLine(`"`$_`"); [Console]::Out.Flush() }"
         try {
             $line = Wait-ChildLine -Process $child -Pattern 'Running: .*memory-backend-file.*share=on'
             $tmp = [regex]::Match($line, 'mem-path=(/[^ ,]*\.tmp-[0-9a-f]+)/ram').Groups[1].Value

@@ -173,7 +173,9 @@ function Invoke-TestTask {
         Remove-Item -Recurse -Force $env:MELANGE_TEST_TMP -ErrorAction Ignore
     }
 
-    # Nothing left behind by the whole run: one more check, counted as a test.
+    # Nothing left behind by the whole run: one more check, counted as a test. Pods a test left
+    # running are stopped first, as removing the module (or the process exiting) stops them.
+    try { Get-MelangePod | Stop-MelangePod } catch { Write-Host "Stopping the pods still running failed: $_" }
     $left = Wait-NoNewLeftover $leftoversBefore
     if ($left) {
         Write-Host "FAILED: the test run left behind:`n  $($left -join "`n  ")"

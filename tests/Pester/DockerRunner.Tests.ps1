@@ -352,7 +352,9 @@ Describe 'Planning and stopping a docker pod' -Skip:($noDocker -or $noCli) {
 Describe 'A docker pod whose PowerShell is killed' -Skip:($noDocker -or $noCli) {
     It 'is removed by the next start (its owner label names a process that is gone)' {
         $script = "Import-Module '$($script:ModuleManifest)'; `$i = Import-MelangeImage -Path '$(Get-TestRootfs)' -Runner docker; `$p = Start-MelangePod -Image `$i; 'POD ' + `$p.Id + ' ' + `$i.Ref; Start-Sleep 600"
-        $child = Start-ChildPwsh -Script $script
+        # Kill($true) below ends the child's reaper too, so its workspace stays: keep it in TestDrive.
+        $childTmp = (New-Item -ItemType Directory -Force (Join-Path $TestDrive 'killed-child-tmp')).FullName
+        $child = Start-ChildPwsh -Script $script -TempDirectory $childTmp
         try {
             $line = Wait-ChildLine -Process $child -Pattern '^POD ' -TimeoutSeconds 120
             $id, $ref = ($line -split ' ')[1, 2]

@@ -151,8 +151,10 @@ internal static class HostCommand
     public static Process StartLongRunning(string fileName, IReadOnlyList<string> arguments, IEventSink events,
         Action<string> standardOutputLine, Action<string> standardErrorLine, bool redirectInput, bool begin = true)
     {
-        events.Verbose("Running: " + CommandLine(OwnSession.Apply(new ProcessStartInfo(fileName, arguments))));
         var process = Start(fileName, arguments, redirectInput, ownSession: true);
+        // Said once it runs: the caller registers it with the reaper as soon as this returns, and a
+        // watcher that kills pwsh on this line (a test, a CI timeout) must not find it unregistered.
+        events.Verbose("Running: " + CommandLine(OwnSession.Apply(new ProcessStartInfo(fileName, arguments))));
         process.OutputDataReceived += (_, e) => { if (e.Data is { } line) standardOutputLine(line); };
         process.ErrorDataReceived += (_, e) => { if (e.Data is { } line) standardErrorLine(line); };
         if (begin)

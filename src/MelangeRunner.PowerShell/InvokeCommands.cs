@@ -179,27 +179,36 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
             if (lettersBound) throw Unplaceable();
             return ParameterSetName == ArgumentListSet ? ArgumentList : Command;
         }
-        // Parsing costs more than the rest of a call, so a loop reads its statement once.
-        if (!(_lastStatement == statement && _lastShape is { } shape))
+        // Parsing costs more than the rest of a call, so a loop reads its statement once. The
+        // shape also depends on whether the pod comes from the pipeline (see StatementShape).
+        var key = (statement, MyInvocation.ExpectingInput);
+        if (!(_lastShapeKey == key && _lastShape is { } shape))
         {
             shape = StatementShape(statement);
-            (_lastStatement, _lastShape) = (statement, shape);
+            (_lastShapeKey, _lastShape) = (key, shape);
         }
         if (ParameterSetName == ArgumentListSet)
         {
-            if (shape.Letters.Count > 0) throw LetterWithArgumentList(shape.Letters[0]);
+            if (shape.Letters.FirstOrDefault() is { } letter) throw LetterWithArgumentList(letter);
             return ArgumentList;
         }
-        if (shape.Letters.Count == 0) return lettersBound ? throw Unplaceable() : Command;
+        if (!shape.Letters.Any()) return lettersBound ? throw Unplaceable() : Command;
         if (shape.Values != Command.Length) throw Unplaceable();
-        var words = new List<string>(Command.Length + shape.Letters.Count);
+        var words = new List<string>(shape.Words.Count);
         var next = 0;
         foreach (var literal in shape.Words) words.Add(literal ?? Command[next++]);
         return words.ToArray();
     }
 
     /// <summary>A statement read once: each word of the command, null where PowerShell's value goes.</summary>
-    private sealed record Shape(List<string?> Words, List<string> Letters, int Values);
+    private sealed record Shape(IReadOnlyList<string?> Words)
+    {
+        /// <summary>The letter options, as written.</summary>
+        public IEnumerable<string> Letters => Words.OfType<string>();
+
+        /// <summary>How many of the words are PowerShell's values (the bound -Command).</summary>
+        public int Values => Words.Count(w => w is null);
+    }
 
     private Shape StatementShape(string statement)
     {
@@ -207,13 +216,12 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
         // The statement is this command's own text, so its first command is this invocation.
         if (ast.Find(a => a is CommandAst, true) is not CommandAst command ||
             !string.Equals(command.GetCommandName(), MyInvocation.InvocationName, StringComparison.OrdinalIgnoreCase))
-            return new Shape(new List<string?>(), new List<string>(), 0);
+            return new Shape(Array.Empty<string?>());
         var parameters = MyInvocation.MyCommand.Parameters.Values;
         ParameterMetadata? Match(string name) =>
             parameters.FirstOrDefault(m => m.Name.Equals(name, StringComparison.OrdinalIgnoreCase) ||
                                            m.Aliases.Contains(name, StringComparer.OrdinalIgnoreCase))
-            ?? (parameters.Count(m => m.Name.StartsWith(name, StringComparison.OrdinalIgnoreCase)) == 1
-                ? parameters.First(m => m.Name.StartsWith(name, StringComparison.OrdinalIgnoreCase)) : null);
+            ?? (parameters.Where(m => m.Name.StartsWith(name, StringComparison.OrdinalIgnoreCase)).Take(2).ToList() is [var only] ? only : null);
 
         var elements = command.CommandElements;
         // Without pipeline input the first positional word is the pod, unless -Pod is written out
@@ -221,8 +229,7 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
         var podPending = !MyInvocation.ExpectingInput &&
             !elements.OfType<CommandParameterAst>().Any(p => Match(p.ParameterName)?.Name == nameof(Pod));
         var words = new List<string?>();
-        var letters = new List<string>();
-        var values = 0;
+        var values = 0; // the words so far that are PowerShell's values
         var verbatim = false;
         for (var i = 1; i < elements.Count; i++)
         {
@@ -235,7 +242,6 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
                 {
                     if (values == 0 || p.Argument is not null) throw LetterBeforeCommand(p, command);
                     words.Add("-" + p.ParameterName);
-                    letters.Add("-" + p.ParameterName);
                     continue;
                 }
                 if (matched is not null)
@@ -252,11 +258,11 @@ public sealed class InvokeMelangePodCommand : MelangeCmdlet
             words.Add(null);
             values++;
         }
-        return new Shape(words, letters, values);
+        return new Shape(words);
     }
 
     // The last statement read and its shape, per thread (runspaces run on their own threads).
-    [ThreadStatic] private static string? _lastStatement;
+    [ThreadStatic] private static (string Statement, bool ExpectingInput)? _lastShapeKey;
     [ThreadStatic] private static Shape? _lastShape;
 
     private MelangeException TakenByPowerShell(CommandParameterAst p, ParameterMetadata matched, CommandAst command) =>

@@ -12,7 +12,7 @@ namespace MelangeRunner.Docker;
 /// everything a pod does (run, interactive session, workspace tar, release data, stop).
 /// <see cref="DockerRunner"/> only makes it.
 /// </summary>
-internal sealed partial class DockerPodRuntime : IInteractivePodRuntime, IAsyncDisposable
+internal sealed partial class DockerPodRuntime : IInteractivePodRuntime
 {
     private const string PidMarker = "melange-runner-pid:";
     private static readonly TimeSpan KillGrace = TimeSpan.FromSeconds(3);
@@ -283,10 +283,8 @@ internal sealed partial class DockerPodRuntime : IInteractivePodRuntime, IAsyncD
         return code != 0 || string.IsNullOrWhiteSpace(output) ? null : ReleaseData.Parse(output);
     }
 
-    public Task StopAsync(IEventSink events, CancellationToken cancellationToken) => TerminateAsync(events, cancellationToken);
-
     /// <summary>Removes the container (and its anonymous volumes); harmless twice.</summary>
-    public async Task TerminateAsync(IEventSink events, CancellationToken cancellationToken)
+    public async Task StopAsync(IEventSink events, CancellationToken cancellationToken)
     {
         if (Interlocked.Exchange(ref _terminated, 1) != 0) return;
         try
@@ -303,8 +301,6 @@ internal sealed partial class DockerPodRuntime : IInteractivePodRuntime, IAsyncD
             _client.Dispose();
         }
     }
-
-    public async ValueTask DisposeAsync() => await TerminateAsync(NullEventSink.Instance, CancellationToken.None).ConfigureAwait(false);
 
     /// <summary>Collects output (stdout and stderr) of a helper command.</summary>
     private sealed class CaptureSink : IEventSink

@@ -14,6 +14,21 @@ public sealed record BindMount
     public string Source { get; init; } = "";
     public string Destination { get; init; } = "";
 
+    /// <summary>
+    /// MountSourceNotFound for the first mount whose source is not on this host; <paramref name="givenBy"/>
+    /// names the parameters the sources come from, for the fix.
+    /// </summary>
+    internal static void RequireSources(IEnumerable<BindMount> mounts, string givenBy)
+    {
+        foreach (var m in mounts)
+        {
+            if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
+                throw new MelangeException(ErrorKind.ObjectNotFound, "MountSourceNotFound",
+                    $"The mount source '{m.Source}' (for {m.Destination}) does not exist.",
+                    $"Create it first, or correct the path given to {givenBy}.", m.Source);
+        }
+    }
+
     /// <summary>Reads "SOURCE:DESTINATION" (the destination is after the last colon).</summary>
     public static BindMount Parse(string value)
     {

@@ -67,13 +67,7 @@ public sealed class BubblewrapRunner : IRunner, IImageLoader
     {
         RequirePrivateImage(request.Image);
         var spec = ResolveUser(request.Spec, request.Image);
-        foreach (var m in EffectiveMounts(spec))
-        {
-            if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
-                throw new MelangeException(ErrorKind.ObjectNotFound, "MountSourceNotFound",
-                    $"The mount source '{m.Source}' (for {m.Destination}) does not exist.",
-                    "Create it first, or correct the path given to -Mount, -WorkspaceDir or -CacheDir.", m.Source);
-        }
+        BindMount.RequireSources(EffectiveMounts(spec), "-Mount, -WorkspaceDir or -CacheDir");
         var runtime = new BubblewrapPodRuntime(request.PodId, spec, request.Image);
         events.Verbose("bubblewrap pod " + request.PodId + ": priming ld.so.cache");
         var code = await runtime.RunSetupAsync(SetupCommand, events, cancellationToken).ConfigureAwait(false);

@@ -71,16 +71,7 @@ internal sealed partial class DockerPodRuntime : IInteractivePodRuntime
             // An engine on this host's socket binds this host's paths: a missing source is named
             // here, as the other runners name it, rather than in the engine's create error. A remote
             // engine's paths are its own host's, which only the engine can check.
-            if (DockerEngine.Endpoint().Scheme == "unix")
-            {
-                foreach (var m in DockerPodPlanner.Mounts(spec))
-                {
-                    if (!File.Exists(m.Source) && !Directory.Exists(m.Source))
-                        throw new MelangeException(ErrorKind.ObjectNotFound, "MountSourceNotFound",
-                            $"The mount source '{m.Source}' (for {m.Destination}) does not exist.",
-                            "Create it first, or correct the path given to -Mount or -CacheDir.", m.Source);
-                }
-            }
+            if (DockerEngine.Endpoint().Scheme == "unix") BindMount.RequireSources(DockerPodPlanner.Mounts(spec), "-Mount or -CacheDir");
             var request = DockerPodPlanner.CreateRequest(spec, image, name);
             events.Verbose("Docker create request (" + DockerEngine.EndpointText + "): " + DockerPodPlanner.ToJson(request));
             events.Verbose("Equivalent to: " + ShellQuote.Join(new[] { "docker" }.Concat(DockerPodPlanner.RunArguments(request))));

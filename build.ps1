@@ -183,6 +183,19 @@ function Invoke-TestTask {
         try { foreach ($p in @(Get-MelangePod | Where-Object State -NE 'Stopped')) { Write-Host "  (a pod still $($p.State): $($p.Id), $($p.Runner), workspace $($p.WorkspaceDir))" } } catch { }
     } else { Write-Host 'The test run left no temporary files, processes, containers or images behind.' }
 
+    # The failures again, last, where a CI log's tail shows them: the test, and its message.
+    $failures = @(
+        foreach ($r in @($trx.TestRun.Results.UnitTestResult | Where-Object outcome -In 'Failed', 'Error', 'Timeout', 'Aborted')) {
+            "engine: $($r.testName)`n      $((("$($r.Output.ErrorInfo.Message)" -split "`n")[0..5] -join "`n      ").TrimEnd())"
+        }
+        foreach ($t in @($pester.Failed)) {
+            $message = if ($t.ErrorRecord) { "$($t.ErrorRecord[0])" } else { '(no error of its own: its block failed, below)' }
+            "module: $($t.ExpandedPath)`n      $((($message -split "`n")[0..5] -join "`n      ").TrimEnd())"
+        }
+        foreach ($b in @($pester.FailedBlocks) + @($pester.FailedContainers)) { "module: $($b.Name ?? $b.Item) failed in its set-up: $($b.ErrorRecord[0])" }
+    )
+    if ($failures) { Write-Host "Failed:`n  $($failures -join "`n  ")" }
+
     $passed = $engine.Passed + $pester.PassedCount + [int](-not $left)
     $failed = $engine.Failed + $pester.FailedCount + $pester.FailedBlocksCount + $pester.FailedContainersCount + [int][bool]$left
     $skipped = $engine.Skipped + $pester.SkippedCount

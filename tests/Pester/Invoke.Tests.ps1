@@ -88,7 +88,7 @@ Describe 'Invoke-MelangePod on <Runner>' -ForEach $runners {
         $timedOut[0].TargetObject | Should -Be $script:pod
         $LASTEXITCODE | Should -Be 124
         $elapsed | Should -BeGreaterOrEqual 2
-        $elapsed | Should -BeLessThan 4.5
+        $elapsed | Should -BeLessThan 8 -Because "the step is ended at 2 s, not after its 60 s sleep (the rest is the kill, over SSH for qemu, on a loaded host)"
         if ($Runner -eq 'bubblewrap') {
             Wait-Until { -not (Get-ProcessByMarker $marker) } -TimeoutSeconds 5 -Because 'the sandbox tree to be gone'
         }

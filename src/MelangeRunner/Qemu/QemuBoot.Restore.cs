@@ -32,8 +32,7 @@ internal static class TemplatePath
         try
         {
             var launch = QemuLaunchPlanner.Plan(spec, image, env, accel, HostCapacity.Read(), new LaunchFiles(kernel.BootPath, "<template>", "<disk>", 0, 0, "", null, false));
-            var tsc = TemplateStore.HostTscKhz();
-            var key = TemplateStore.ComputeKey(program, launch, basePath, tsc);
+            var key = TemplateStore.ComputeKey(program, launch, basePath);
             return TemplateStore.Find(key, TemplateCommand.MemoryMiB(launch) * 1024 * 1024, out var missing) is { } t
                 ? $"restore from template {key} (reused; {t.Directory})"
                 : $"restore from template {key} (built at the first start: {missing})";
@@ -58,14 +57,12 @@ internal static partial class QemuBoot
         var launch = QemuLaunchPlanner.Plan(state.Spec, state.Image, state.Environment, accel, HostCapacity.Read(), new LaunchFiles(kernel.BootPath, "<template>", state.DiskPath!,
             QemuLaunchPlanner.FreePort(), QemuLaunchPlanner.FreePort(), "", null, scratchFormatted));
         string key;
-        long tsc;
         VmTemplate template;
         bool built;
         try
         {
-            tsc = TemplateStore.HostTscKhz();
-            key = TemplateStore.ComputeKey(program, launch, baseInitramfs, tsc);
-            (template, built) = await TemplateBuilder.GetOrBuildAsync(program, launch, key, baseInitramfs, tsc, events, ct).ConfigureAwait(false);
+            key = TemplateStore.ComputeKey(program, launch, baseInitramfs);
+            (template, built) = await TemplateBuilder.GetOrBuildAsync(program, launch, key, baseInitramfs, events, ct).ConfigureAwait(false);
         }
         catch (TemplateException e)
         {
@@ -80,7 +77,7 @@ internal static partial class QemuBoot
         Directory.CreateDirectory(runDir, UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute);
         state.RunDir = runDir;
         state.Watch(runDir, Reaper.WatchPath(runDir));
-        var args = TemplateCommand.Build(launch, template.Ram, share: false, null, runDir, tsc).Concat(new[] { "-incoming", "defer" }).ToArray();
+        var args = TemplateCommand.Build(launch, template.Ram, share: false, null, runDir).Concat(new[] { "-incoming", "defer" }).ToArray();
         var qemu = QemuProcess.Start(program, args, events);
         state.Started(qemu);
         var message = new RestoreMessage(hostKey.OpenSshPrivateKey, hostKey.AuthorizedKeysLine, state.ClientKey!.AuthorizedKeysLine, RestoreMessage.EnvironmentOf(launch));

@@ -53,13 +53,7 @@ internal static class QemuCommand
     /// <summary>The kernel command line: melange's flags, the network, QEMU_KERNEL_CMDLINE, the client key.</summary>
     public static string KernelCommandLine(QemuLaunch l)
     {
-        var parts = new List<string>
-        {
-            "console=hvc0",
-            l.KernelDebug ? "debug loglevel=7" : "quiet",
-            "nomodeset random.trust_cpu=on noapic nomodules 8250.nr_uarts=0 tsc=reliable no_timer_check cryptomgr.notests",
-            "rcupdate.rcu_expedited=1 panic=-1 pci=lastbus=0 ftrace=off swiotlb=noforce edd=off",
-        };
+        var parts = BaseKernelParameters(l);
         // Our guest init reads the SLIRP addresses from here when QEMU_NET_CIDR moves the network.
         if (l.Environment.Network is { } net)
             parts.Add($"melange.net={net.Guest}/{net.PrefixLength},{net.Gateway},{net.Dns}");
@@ -70,9 +64,22 @@ internal static class QemuCommand
         parts.Add("sshkey=" + l.ClientPublicKeyBase64);
         parts.Add("melange_qemu_runner=1");
         if (l.Environment.Testing is { } testing) parts.Add("melange.testing=" + testing.ToString(CultureInfo.InvariantCulture));
-        if (l.TscKhz > 0 && !l.KvmUsable) parts.Add("tsc_early_khz=" + l.TscKhz.ToString(CultureInfo.InvariantCulture));
+        if (TscParameter(l) is { } tsc) parts.Add(tsc);
         return string.Join(' ', parts);
     }
+
+    /// <summary>melange's kernel flags, first on every command line (a cold boot's and a template's).</summary>
+    public static List<string> BaseKernelParameters(QemuLaunch l) => new()
+    {
+        "console=hvc0",
+        l.KernelDebug ? "debug loglevel=7" : "quiet",
+        "nomodeset random.trust_cpu=on noapic nomodules 8250.nr_uarts=0 tsc=reliable no_timer_check cryptomgr.notests",
+        "rcupdate.rcu_expedited=1 panic=-1 pci=lastbus=0 ftrace=off swiotlb=noforce edd=off",
+    };
+
+    /// <summary>tsc_early_khz under TCG when the host's TSC rate is known (docs/microvm.md#clock), else null.</summary>
+    public static string? TscParameter(QemuLaunch l) =>
+        l.TscKhz > 0 && !l.KvmUsable ? "tsc_early_khz=" + l.TscKhz.ToString(CultureInfo.InvariantCulture) : null;
 
     /// <summary>The accelerator: TCG across architectures, KVM when /dev/kvm works, else TCG (given once: docs/microvm.md#pitfall-10).</summary>
     public static string Accelerator(QemuLaunch l) =>

@@ -56,7 +56,7 @@ internal static class QemuLaunchPlanner
         TscKhz = accel.Accelerator == AcceleratorChoice.Kvm ? 0 : Template.TemplateStore.HostTscKhz(),
     };
 
-    public static PodPlan ToPlan(QemuLaunch launch, AcceleratorChoice accel) => new()
+    public static PodPlan ToPlan(QemuLaunch launch, AcceleratorChoice accel, string startPath) => new()
     {
         Accelerator = accel.Accelerator,
         AcceleratorReason = accel.Reason,
@@ -66,6 +66,7 @@ internal static class QemuLaunchPlanner
         KernelCommandLine = QemuCommand.KernelCommandLine(launch),
         Cpus = launch.Cpus,
         MemoryKiB = launch.MemoryKiB,
+        StartPath = startPath,
     };
 
     /// <summary>A loopback port free right now (qemu binds it moments later, as in melange).</summary>

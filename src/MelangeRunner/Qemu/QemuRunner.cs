@@ -73,19 +73,8 @@ public sealed class QemuRunner : IRunner
         var files = new LaunchFiles(kernel.BootPath, Path.Combine(Path.GetTempPath(), "melange-initramfs-<new>.cpio"),
             Path.Combine(QemuLaunchPlanner.DisksDirectory(env), "melange-disk-<new>.img"), QemuLaunchPlanner.FreePort(), QemuLaunchPlanner.FreePort(),
             "<client public key>", virtiofs, ScratchDisk.HostFormatter() is not null);
-        var plan = QemuLaunchPlanner.ToPlan(QemuLaunchPlanner.Plan(spec, image, env, accel, HostCapacity.Read(), files), accel);
-        return new PodPlan
-        {
-            Runner = plan.Runner,
-            FileName = plan.FileName,
-            Arguments = plan.Arguments,
-            KernelCommandLine = plan.KernelCommandLine,
-            Cpus = plan.Cpus,
-            MemoryKiB = plan.MemoryKiB,
-            Accelerator = plan.Accelerator,
-            AcceleratorReason = plan.AcceleratorReason,
-            StartPath = TemplatePath.Describe(spec, image, env, accel, kernel, virtiofs, arch),
-        };
+        return QemuLaunchPlanner.ToPlan(QemuLaunchPlanner.Plan(spec, image, env, accel, HostCapacity.Read(), files), accel,
+            TemplatePath.Describe(spec, image, env, accel, kernel, virtiofs, arch));
     }
 
     public async Task<IPodRuntime> StartAsync(PodStartRequest request, IEventSink events, CancellationToken cancellationToken)

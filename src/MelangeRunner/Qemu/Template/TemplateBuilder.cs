@@ -26,7 +26,7 @@ internal static class TemplateBuilder
     private static readonly TimeSpan LockTimeout = TimeSpan.FromMinutes(5);
 
     /// <summary>The template for <paramref name="key"/>: the one in the cache when it is sound, else built now.</summary>
-    public static async Task<(VmTemplate Template, bool Built)> GetOrBuildAsync(string program, QemuLaunch podLaunch, string key, string baseInitramfs, long tscKhz,
+    public static async Task<(VmTemplate Template, bool Built)> GetOrBuildAsync(string program, QemuLaunch podLaunch, string key, string baseInitramfs,
         IEventSink events, CancellationToken ct)
     {
         var ramBytes = TemplateCommand.MemoryMiB(podLaunch) * 1024 * 1024;
@@ -37,10 +37,10 @@ internal static class TemplateBuilder
         if (TemplateStore.Find(key, ramBytes, out why) is { } built) return (built, false);
         if (Directory.Exists(TemplateStore.DirectoryFor(key))) TemplateStore.Discard(key, events, why);
         events.Verbose($"qemu: template {key}: building ({why})");
-        return (await BuildAsync(program, podLaunch, key, baseInitramfs, tscKhz, events, ct).ConfigureAwait(false), true);
+        return (await BuildAsync(program, podLaunch, key, baseInitramfs, events, ct).ConfigureAwait(false), true);
     }
 
-    private static async Task<VmTemplate> BuildAsync(string program, QemuLaunch podLaunch, string key, string baseInitramfs, long tscKhz, IEventSink events, CancellationToken ct)
+    private static async Task<VmTemplate> BuildAsync(string program, QemuLaunch podLaunch, string key, string baseInitramfs, IEventSink events, CancellationToken ct)
     {
         var watch = Stopwatch.StartNew();
         var tmp = Path.Combine(TemplateStore.Root, key + ".tmp-" + Convert.ToHexString(RandomNumberGenerator.GetBytes(6)).ToLowerInvariant());
@@ -59,19 +59,9 @@ internal static class TemplateBuilder
             using (var f = new FileStream(t.Ram, new FileStreamOptions { Mode = FileMode.CreateNew, Access = FileAccess.Write, UnixCreateMode = UnixFileMode.UserRead | UnixFileMode.UserWrite }))
                 f.SetLength(ramBytes);
 
-            var launch = podLaunch with
-            {
-                SshPort = 0,
-                ControlPort = 0,
-                InitrdPath = t.Initramfs,
-                DiskPath = Path.Combine(tmp, "disk.img"),
-                RootfsTar = Path.Combine(tmp, "rootfs.tar"),
-                WorkspaceDir = Path.Combine(tmp, "ws"),
-                CacheDir = podLaunch.CacheDir is null ? null : Path.Combine(tmp, "cache"),
-                ClientPublicKeyBase64 = "",
-                ScratchFormatted = false,
-            };
-            var args = TemplateCommand.Build(launch, t.Ram, share: true, "user,id=id1", tmp, tscKhz);
+            var launch = TemplateCommand.WithoutPod(podLaunch, t.Initramfs, Path.Combine(tmp, "disk.img"), Path.Combine(tmp, "rootfs.tar"),
+                Path.Combine(tmp, "ws"), Path.Combine(tmp, "cache"));
+            var args = TemplateCommand.Build(launch, t.Ram, share: true, "user,id=id1", tmp);
             double bootSeconds;
             using (var qemu = QemuProcess.Start(program, args, events))
             {
@@ -94,7 +84,7 @@ internal static class TemplateBuilder
 
             var manifest = new TemplateManifest(TemplateStore.FormatVersion, key, ramBytes, new FileInfo(t.State).Length, new FileInfo(t.Initramfs).Length,
                 DataSha256(t.Ram), Sha256(t.State), Sha256(t.Initramfs), DateTime.UtcNow.ToString("o", CultureInfo.InvariantCulture), Math.Round(bootSeconds, 2),
-                TemplateCommand.Build(TemplateCommand.Placeholders(podLaunch), "<ram>", share: false, "<netdev>", "<run>", tscKhz));
+                TemplateCommand.Build(TemplateCommand.Placeholders(podLaunch), "<ram>", share: false, "<netdev>", "<run>"));
             File.WriteAllText(t.Manifest, JsonSerializer.Serialize(manifest, new JsonSerializerOptions { WriteIndented = true }));
             foreach (var file in new[] { t.Ram, t.State, t.Initramfs, t.Manifest })
                 File.SetUnixFileMode(file, UnixFileMode.UserRead | UnixFileMode.GroupRead | UnixFileMode.OtherRead);

@@ -14,21 +14,14 @@ internal static class TemplateCommand
     public const string ControlPortName = "org.melange.ctl";
 
     /// <summary>The template's kernel command line: the cold one without the per-pod words (they go over the control port), with the host's TSC rate under TCG.</summary>
-    public static string KernelCommandLine(QemuLaunch l, long tscKhz)
+    public static string KernelCommandLine(QemuLaunch l)
     {
-        var parts = new List<string>
-        {
-            "console=hvc0",
-            l.KernelDebug ? "debug loglevel=7" : "quiet",
-            "nomodeset random.trust_cpu=on noapic nomodules 8250.nr_uarts=0 tsc=reliable no_timer_check cryptomgr.notests",
-            "rcupdate.rcu_expedited=1 panic=-1 pci=lastbus=0 ftrace=off swiotlb=noforce edd=off",
-        };
+        var parts = QemuCommand.BaseKernelParameters(l);
         if (!string.IsNullOrWhiteSpace(l.Environment.KernelCmdline)) parts.Add(l.Environment.KernelCmdline!.Trim());
         parts.Add("melange_qemu_runner=1 melange.template=1");
         // Under TCG the guest's TSC runs at the host's rate; calibrated against the PM timer under
         // load it came out 1.5x too slow, and the template would bake that into every pod.
-        if (tscKhz > 0 && !l.KvmUsable) parts.Add("tsc_early_khz=" + tscKhz.ToString(CultureInfo.InvariantCulture));
-        else if (l.TscKhz > 0 && !l.KvmUsable) parts.Add("tsc_early_khz=" + l.TscKhz.ToString(CultureInfo.InvariantCulture));
+        if (QemuCommand.TscParameter(l) is { } tsc) parts.Add(tsc);
         return string.Join(' ', parts);
     }
 
@@ -40,8 +33,7 @@ internal static class TemplateCommand
     /// <param name="share">True while building (guest RAM written through to the file), false in a pod (MAP_PRIVATE).</param>
     /// <param name="netdev">The -netdev value, or null for the launch's own (a pod's, with its port forwards).</param>
     /// <param name="runDir">Where the QMP and control sockets go.</param>
-    /// <param name="tscKhz">The host's TSC rate (0: unknown).</param>
-    public static string[] Build(QemuLaunch l, string ramPath, bool share, string? netdev, string runDir, long tscKhz)
+    public static string[] Build(QemuLaunch l, string ramPath, bool share, string? netdev, string runDir)
     {
         var cold = QemuCommand.Build(l);
         var mib = MemoryMiB(l).ToString(CultureInfo.InvariantCulture);
@@ -76,7 +68,7 @@ internal static class TemplateCommand
                     i++;
                     break;
                 case "-append":
-                    args.AddRange(new[] { a, KernelCommandLine(l, tscKhz) });
+                    args.AddRange(new[] { a, KernelCommandLine(l) });
                     i++;
                     break;
                 default:
@@ -89,15 +81,21 @@ internal static class TemplateCommand
     }
 
     /// <summary>The launch with every per-pod value a placeholder: what the template key covers of the vector.</summary>
-    public static QemuLaunch Placeholders(QemuLaunch l) => l with
+    public static QemuLaunch Placeholders(QemuLaunch l) => WithoutPod(l, "<initrd>", "<disk>", "<rootfs>", "<workspace>", "<cache>");
+
+    /// <summary>
+    /// The launch with no pod's values: no forwarded ports, no client key, an unformatted scratch
+    /// disk, and these files in place of the pod's (a cache only where the pod has one).
+    /// </summary>
+    public static QemuLaunch WithoutPod(QemuLaunch l, string initrd, string disk, string rootfs, string workspace, string cache) => l with
     {
         SshPort = 0,
         ControlPort = 0,
-        InitrdPath = "<initrd>",
-        DiskPath = "<disk>",
-        RootfsTar = "<rootfs>",
-        WorkspaceDir = "<workspace>",
-        CacheDir = l.CacheDir is null ? null : "<cache>",
+        InitrdPath = initrd,
+        DiskPath = disk,
+        RootfsTar = rootfs,
+        WorkspaceDir = workspace,
+        CacheDir = l.CacheDir is null ? null : cache,
         ClientPublicKeyBase64 = "",
         ScratchFormatted = false,
     };

@@ -40,9 +40,9 @@ internal static class TemplateStore
     /// and the template init), the host's TSC rate, and the whole vector with per-pod values as
     /// placeholders (machine, memory, vCPUs, CPU model, accelerator, device set, -append).
     /// </summary>
-    public static string ComputeKey(string program, QemuLaunch podLaunch, string baseInitramfs, long tscKhz)
+    public static string ComputeKey(string program, QemuLaunch podLaunch, string baseInitramfs)
     {
-        var vector = TemplateCommand.Build(TemplateCommand.Placeholders(podLaunch), "<ram>", share: false, "<netdev>", "<run>", tscKhz);
+        var vector = TemplateCommand.Build(TemplateCommand.Placeholders(podLaunch), "<ram>", share: false, "<netdev>", "<run>");
         using var h = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
         void Add(string s) { h.AppendData(Encoding.UTF8.GetBytes(s)); h.AppendData(new byte[] { 0 }); }
         Add("melange-template/" + FormatVersion.ToString(CultureInfo.InvariantCulture));
@@ -53,7 +53,7 @@ internal static class TemplateStore
         Add(FileDigest(podLaunch.KernelPath));
         Add(FileDigest(baseInitramfs));
         Add(Convert.ToHexString(SHA256.HashData(Initramfs.InitramfsBuilder.GuestFile(TemplateBuilder.InitName))));
-        Add(tscKhz.ToString(CultureInfo.InvariantCulture));
+        Add(HostTscKhz().ToString(CultureInfo.InvariantCulture));
         foreach (var a in vector) Add(a);
         return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant()[..24];
     }

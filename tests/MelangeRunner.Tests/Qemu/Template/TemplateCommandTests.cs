@@ -7,7 +7,7 @@ namespace MelangeRunner.Tests.Qemu.Template;
 
 public class TemplateCommandTests
 {
-    private static QemuLaunch Launch(int sshPort = 40022, string disk = "/t/disk.img", string workspace = "/ws", int cpus = 2, long memoryKiB = 1024 * 1024, string? cacheDir = null) => new()
+    private static QemuLaunch Launch(int sshPort = 40022, string disk = "/t/disk.img", string workspace = "/ws", int cpus = 2, long memoryKiB = 1024 * 1024, string? cacheDir = null, long tscKhz = 2100000) => new()
     {
         Arch = "x86_64",
         HostArch = "x86_64",
@@ -24,17 +24,18 @@ public class TemplateCommandTests
         CacheDir = cacheDir,
         ClientPublicKeyBase64 = "S0VZ",
         ScratchFormatted = true,
+        TscKhz = tscKhz,
         Environment = QemuEnvironment.Read(_ => null),
     };
 
     private static string After(string[] args, string flag) => args[Array.IndexOf(args, flag) + 1];
 
-    private static string[] Placeholder(QemuLaunch l) => TemplateCommand.Build(TemplateCommand.Placeholders(l), "<ram>", false, "<netdev>", "<run>", 2100000);
+    private static string[] Placeholder(QemuLaunch l) => TemplateCommand.Build(TemplateCommand.Placeholders(l), "<ram>", false, "<netdev>", "<run>");
 
     [Fact]
     public void ThePodVectorMapsTheTemplateRamPrivatelyAndAddsControlPortVmgenidAndQmp()
     {
-        var args = TemplateCommand.Build(Launch(), "/tpl/ram", share: false, null, "/run/x", 2100000);
+        var args = TemplateCommand.Build(Launch(), "/tpl/ram", share: false, null, "/run/x");
         Assert.EndsWith(",memory-backend=mem", After(args, "-machine"));
         Assert.Equal("1024M", After(args, "-m"));
         Assert.Contains("memory-backend-file,id=mem,size=1024M,mem-path=/tpl/ram,share=off,prealloc=off", args);
@@ -53,7 +54,7 @@ public class TemplateCommandTests
     [Fact]
     public void TheTemplateSharesItsRamAndForwardsNoPorts()
     {
-        var args = TemplateCommand.Build(Launch(), "/tpl/ram", share: true, "user,id=id1", "/tpl", 0);
+        var args = TemplateCommand.Build(Launch(tscKhz: 0), "/tpl/ram", share: true, "user,id=id1", "/tpl");
         Assert.Contains("memory-backend-file,id=mem,size=1024M,mem-path=/tpl/ram,share=on,prealloc=off", args);
         Assert.Equal("user,id=id1", After(args, "-netdev"));
         Assert.DoesNotContain("tsc_early_khz", After(args, "-append"));

@@ -98,6 +98,13 @@ function Wait-ChildLine {
     }
 }
 
+# The module's cache directory, by the engine's rule (HostCache): $XDG_CACHE_HOME only when it is
+# an absolute path, else ~/.cache; then melange-runner.
+function Get-MelangeCacheRoot {
+    $base = if ($env:XDG_CACHE_HOME -and [IO.Path]::IsPathRooted($env:XDG_CACHE_HOME)) { $env:XDG_CACHE_HOME } else { Join-Path $HOME '.cache' }
+    Join-Path $base 'melange-runner'
+}
+
 # Waits until a condition holds (a process gone, a file removed), failing after $TimeoutSeconds.
 function Wait-Until {
     param([Parameter(Mandatory)][scriptblock]$Condition, [int]$TimeoutSeconds = 20, [string]$Because = 'the condition')

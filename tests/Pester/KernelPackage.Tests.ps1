@@ -14,8 +14,7 @@ BeforeAll {
 
     # The package of the kernel that tools/Get-MelangeKernel.ps1 fetched, else apt's current one.
     function Get-KernelPackageName {
-        $cache = if ($env:XDG_CACHE_HOME -and [IO.Path]::IsPathRooted($env:XDG_CACHE_HOME)) { $env:XDG_CACHE_HOME } else { Join-Path $HOME '.cache' }
-        $marker = Get-ChildItem (Join-Path $cache 'melange-runner/kernel/x86_64/*/melange-kernel.json') -ErrorAction Ignore |
+        $marker = Get-ChildItem (Join-Path (Get-MelangeCacheRoot) 'kernel/x86_64/*/melange-kernel.json') -ErrorAction Ignore |
             Sort-Object LastWriteTime -Descending | Select-Object -First 1
         if ($marker) { return (Get-Content -Raw $marker | ConvertFrom-Json).package }
         foreach ($line in & apt-cache depends linux-image-amd64 2>$null) {

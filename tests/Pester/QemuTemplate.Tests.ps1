@@ -16,7 +16,7 @@ BeforeAll {
     }
     $script:savedTemplate = $env:QEMU_USE_TEMPLATE
     $env:QEMU_USE_TEMPLATE = '1'
-    $script:templates = Join-Path ($env:XDG_CACHE_HOME ? $env:XDG_CACHE_HOME : (Join-Path $HOME '.cache')) 'melange-runner/template'
+    $script:templates = Join-Path (Get-MelangeCacheRoot) 'template'
 
     # Starts a pod with -Verbose captured: the pod, the verbose lines, the start path line(s) and the template key.
     function Start-TemplatePod {

@@ -1,13 +1,35 @@
+using System.Globalization;
 using System.Runtime.InteropServices;
 
 namespace MelangeRunner.Qemu;
 
 /// <summary>
-/// What the host can give a VM: CPUs and memory as the cgroup narrows them, and whether KVM
-/// is usable. The precedence rules are melange's (effectiveCPU / effectiveMemoryKB).
+/// What the host can give a VM: CPUs and memory as the cgroup narrows them, whether KVM is
+/// usable, and the TSC rate a TCG guest is told. The precedence rules are melange's
+/// (effectiveCPU / effectiveMemoryKB).
 /// </summary>
 public static class HostResources
 {
+    private static readonly Lazy<long> CachedTscKhz = new(ReadTscKhz);
+
+    /// <summary>The host's TSC rate in kHz (the guest's under TCG), or 0 when unknown: /proc/cpuinfo on a host with a constant, known-frequency TSC.</summary>
+    internal static long TscKhz() => CachedTscKhz.Value;
+
+    private static long ReadTscKhz()
+    {
+        try
+        {
+            var cpuinfo = File.ReadAllText("/proc/cpuinfo").Split('\n');
+            var flags = cpuinfo.FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal)) ?? "";
+            if (!flags.Contains(" constant_tsc", StringComparison.Ordinal)) return 0;
+            var mhz = cpuinfo.FirstOrDefault(l => l.StartsWith("cpu MHz", StringComparison.Ordinal));
+            if (mhz is null || !double.TryParse(mhz[(mhz.IndexOf(':') + 1)..].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out var v)) return 0;
+            // Frequency scaling moves "cpu MHz" on hosts without tsc_known_freq: those get no fixed rate.
+            return flags.Contains(" tsc_known_freq", StringComparison.Ordinal) ? (long)Math.Round(v * 1000) : 0;
+        }
+        catch (IOException) { return 0; }
+    }
+
     /// <summary>vCPUs when neither the user nor a cgroup sets a number (a shared runner must not hand out every core).</summary>
     public const int CpuFallbackCap = 2;
 

@@ -53,7 +53,7 @@ internal static class QemuLaunchPlanner
         Environment = env,
         KernelDebug = env.Testing is not null,
         ScratchFormatted = files.ScratchFormatted,
-        TscKhz = accel.Accelerator == AcceleratorChoice.Kvm ? 0 : Template.TemplateStore.HostTscKhz(),
+        TscKhz = accel.Accelerator == AcceleratorChoice.Kvm ? 0 : HostResources.TscKhz(),
     };
 
     public static PodPlan ToPlan(QemuLaunch launch, AcceleratorChoice accel, string startPath) => new()

@@ -171,15 +171,11 @@ public static partial class InitramfsBuilder
             return overridePath;
         }
         arch = CheckArch(arch);
-        var config = MicrovmConfig.Default();
-        var packages = AdditionalPackages(config, events, env);
-        var inputs = CacheInputsFor(arch, modulesDir, packages, events);
-        var key = ComputeCacheKey(inputs);
+        var packages = AdditionalPackages(MicrovmConfig.Default(), events, env);
+        var path = BaseCachePath(arch, modulesDir, packages, events);
         var dir = HostCache.Initramfs(arch);
         Directory.CreateDirectory(dir);
-        var path = Path.Combine(dir, $"base-{key}.cpio");
-        var info = new FileInfo(path);
-        if (info.Exists && DateTime.UtcNow - info.LastWriteTimeUtc < CacheLifetime)
+        if (IsFresh(path))
         {
             events.Verbose($"Using the cached base initramfs {path}");
             return path;
@@ -196,10 +192,19 @@ public static partial class InitramfsBuilder
     {
         if (env.BaseInitramfs is not null) return null;
         arch = CheckArch(arch);
-        var inputs = CacheInputsFor(arch, modulesDir, AdditionalPackages(MicrovmConfig.Default(), events, env), events);
-        var path = Path.Combine(HostCache.Initramfs(arch), $"base-{ComputeCacheKey(inputs)}.cpio");
+        var path = BaseCachePath(arch, modulesDir, AdditionalPackages(MicrovmConfig.Default(), events, env), events);
+        return IsFresh(path) ? path : null;
+    }
+
+    /// <summary>The cache file of the base initramfs for these inputs (<paramref name="arch"/> already checked).</summary>
+    private static string BaseCachePath(string arch, string? modulesDir, IReadOnlyList<string> packages, IEventSink events) =>
+        Path.Combine(HostCache.Initramfs(arch), $"base-{ComputeCacheKey(CacheInputsFor(arch, modulesDir, packages, events))}.cpio");
+
+    /// <summary>A cached base that exists and is younger than <see cref="CacheLifetime"/>.</summary>
+    private static bool IsFresh(string path)
+    {
         var info = new FileInfo(path);
-        return info.Exists && DateTime.UtcNow - info.LastWriteTimeUtc < CacheLifetime ? path : null;
+        return info.Exists && DateTime.UtcNow - info.LastWriteTimeUtc < CacheLifetime;
     }
 
     private static void PruneCache(string dir, string keep, IEventSink events)

@@ -29,7 +29,6 @@ internal static class TemplateStore
 {
     public const int FormatVersion = 1;
     private static readonly ConcurrentDictionary<string, string> Digests = new(StringComparer.Ordinal);
-    private static readonly Lazy<long> CachedTsc = new(ReadHostTscKhz);
 
     public static string Root => Path.Combine(HostCache.Root, "template");
 
@@ -53,7 +52,7 @@ internal static class TemplateStore
         Add(FileDigest(podLaunch.KernelPath));
         Add(FileDigest(baseInitramfs));
         Add(Convert.ToHexString(SHA256.HashData(Initramfs.InitramfsBuilder.GuestFile(TemplateBuilder.InitName))));
-        Add(HostTscKhz().ToString(CultureInfo.InvariantCulture));
+        Add(HostResources.TscKhz().ToString(CultureInfo.InvariantCulture));
         foreach (var a in vector) Add(a);
         return Convert.ToHexString(h.GetHashAndReset()).ToLowerInvariant()[..24];
     }
@@ -67,10 +66,11 @@ internal static class TemplateStore
         try { m = JsonSerializer.Deserialize<TemplateManifest>(File.ReadAllText(t.Manifest)); }
         catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException) { why = "its manifest is missing or unreadable (" + e.Message + ")"; return null; }
         if (m is null || m.Format != FormatVersion || m.Key != key) { why = "its manifest does not match its key"; return null; }
+        if (m.RamBytes != ramBytes) { why = $"{Path.GetFileName(t.Ram)} is missing or has the wrong size"; return null; }
         foreach (var (path, size) in new[] { (t.Ram, ramBytes), (t.State, m.StateBytes), (t.Initramfs, m.InitramfsBytes) })
         {
             var info = new FileInfo(path);
-            if (!info.Exists || info.Length != size || m.RamBytes != ramBytes) { why = $"{Path.GetFileName(path)} is missing or has the wrong size"; return null; }
+            if (!info.Exists || info.Length != size) { why = $"{Path.GetFileName(path)} is missing or has the wrong size"; return null; }
             if ((info.UnixFileMode & (UnixFileMode.UserWrite | UnixFileMode.GroupWrite | UnixFileMode.OtherWrite)) != 0) { why = $"{Path.GetFileName(path)} is writable (a template is read-only)"; return null; }
         }
         why = "";
@@ -137,22 +137,4 @@ internal static class TemplateStore
         if (code != 0) throw new TemplateException($"{qemu} --version failed with status {code}");
         return output.Split('\n')[0].Trim();
     });
-
-    /// <summary>The host's TSC rate in kHz (the guest's under TCG), or 0 when unknown: /proc/cpuinfo on a host with a constant, known-frequency TSC.</summary>
-    public static long HostTscKhz() => CachedTsc.Value;
-
-    private static long ReadHostTscKhz()
-    {
-        try
-        {
-            var cpuinfo = File.ReadAllText("/proc/cpuinfo");
-            var flags = cpuinfo.Split('\n').FirstOrDefault(l => l.StartsWith("flags", StringComparison.Ordinal)) ?? "";
-            if (!flags.Contains(" constant_tsc", StringComparison.Ordinal)) return 0;
-            var mhz = cpuinfo.Split('\n').FirstOrDefault(l => l.StartsWith("cpu MHz", StringComparison.Ordinal));
-            if (mhz is null || !double.TryParse(mhz[(mhz.IndexOf(':') + 1)..].Trim(), NumberStyles.Float, CultureInfo.InvariantCulture, out var v)) return 0;
-            // Frequency scaling moves "cpu MHz" on hosts without tsc_known_freq: those get no fixed rate.
-            return flags.Contains(" tsc_known_freq", StringComparison.Ordinal) ? (long)Math.Round(v * 1000) : 0;
-        }
-        catch (IOException) { return 0; }
-    }
 }

@@ -19,6 +19,7 @@ internal sealed class RemoteOutputStream : Stream
     private readonly SshCommand _command;
     private readonly Task _exec;
     private readonly Stream _pipe;
+    private readonly OutputBackpressure _backpressure;
     private readonly Task _stderrPump;
     private readonly ConcurrentQueue<string> _stderrTail = new();
     private readonly RemoteProcess _process = new();
@@ -46,6 +47,7 @@ internal sealed class RemoteOutputStream : Stream
             throw;
         }
         _pipe = _command.OutputStream;
+        _backpressure = new OutputBackpressure(_command);
         _stderrPump = GuestSsh.PumpLines(_command.ExtendedOutputStream, line =>
         {
             if (_process.TryConsume(line)) return;
@@ -54,8 +56,16 @@ internal sealed class RemoteOutputStream : Stream
             standardErrorLine(line);
         }, _ => { });
         // A lost connection or a cancellation must not leave Read blocked on a pipe nobody will end.
-        _onLost = _watch.Lost.Register(() => GuestSsh.ClosePipes(_command));
-        _run.Token.Register(() => GuestSsh.ClosePipes(_command));
+        _onLost = _watch.Lost.Register(() =>
+        {
+            _backpressure.Release();
+            GuestSsh.ClosePipes(_command);
+        });
+        _run.Token.Register(() =>
+        {
+            _backpressure.Release();
+            GuestSsh.ClosePipes(_command);
+        });
     }
 
     public override bool CanRead => true;
@@ -76,6 +86,7 @@ internal sealed class RemoteOutputStream : Stream
         catch (ObjectDisposedException) { n = 0; }
         if (n > 0)
         {
+            _backpressure.Read();
             _position += n;
             return n;
         }
@@ -120,6 +131,8 @@ internal sealed class RemoteOutputStream : Stream
         if (disposing && Interlocked.Exchange(ref _disposed, 1) == 0)
         {
             _onLost.Dispose();
+            // First: the kill below and the command's last messages need the receive loop.
+            _backpressure.Dispose();
             if (!_exec.IsCompleted)
             {
                 // Stopped before the end: end the remote command's process group, then the channel.
